@@ -1,0 +1,1 @@
+"""minichatgpt: the stages of building a small ChatGPT, one thin script each."""

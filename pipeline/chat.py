@@ -1,0 +1,197 @@
+"""Talk to a model of the hub: interactive multi-turn chat, or one reply with --prompt.
+
+    python pipeline/chat.py --model hub/quickstart-ppo
+    python pipeline/chat.py --model hub/smoke-ppo --prompt "how are you ?" --strategy beam --num_beams 5 --repetition_penalty 1.2
+
+A base model (`-base`) continues plain text instead of chatting. In the interactive mode: /reset clears the history,
+/settings shows the decoding settings, /set NAME VALUE changes one (e.g. /set temperature 0.9), /quit leaves.
+"""
+
+import copy
+import sys
+from dataclasses import dataclass, field
+
+from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParser, TextStreamer, set_seed
+
+from pipeline.common import fit_history, load_model, load_tokenizer
+from pipeline.errors import PipelineError
+from pipeline.hub import read_metadata
+
+STRATEGIES = ("greedy", "beam", "sample")
+DECODING_FIELDS = ("max_new_tokens", "num_beams", "length_penalty", "early_stopping", "temperature", "top_k",
+                   "top_p", "repetition_penalty", "no_repeat_ngram_size")
+
+
+@dataclass
+class ChatArguments:
+    model: str = field(metadata={"help": "Model folder, e.g. hub/quickstart-ppo (or -sft, or -base for plain text)."})
+    prompt: str | None = field(default=None, metadata={"help": "Reply to this once and exit (no interactive mode)."})
+    system: str | None = field(default=None, metadata={"help": "System prompt kept at the start of the history."})
+    strategy: str = field(default="sample", metadata={"help": "greedy, beam or sample.", "choices": STRATEGIES})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "Reply length cap in tokens."})
+    num_beams: int | None = field(default=None, metadata={"help": "Beams for --strategy beam (default 4)."})
+    length_penalty: float | None = field(default=None, metadata={"help": "Beam search length penalty."})
+    early_stopping: bool | None = field(default=None, metadata={"help": "Stop beam search when num_beams are done."})
+    temperature: float | None = field(default=None, metadata={"help": "Sampling temperature."})
+    top_k: int | None = field(default=None, metadata={"help": "Sample from the k most likely tokens (0: all)."})
+    top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass."})
+    repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty > 1 discourages repeats."})
+    no_repeat_ngram_size: int | None = field(default=None, metadata={"help": "Forbid repeating n-grams of this size."})
+    seed: int = field(default=0, metadata={"help": "Seed for sampling."})
+    plain: bool = field(default=False, metadata={"help": "Continue plain text even if the model is a chat model."})
+    debug: bool = field(default=False, metadata={"help": "Show full tracebacks."})
+
+
+def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> GenerationConfig:
+    """The model's generation_config.json defaults, set to `strategy`, with the given non-None overrides."""
+    if strategy not in STRATEGIES:
+        raise PipelineError(f"unknown strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
+    config = copy.deepcopy(base)
+    config.do_sample = strategy == "sample"
+    config.num_beams = (overrides.get("num_beams") or max(base.num_beams or 1, 4)) if strategy == "beam" else 1
+    if strategy != "sample":
+        config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
+    if strategy != "beam":
+        config.length_penalty, config.early_stopping = 1.0, False
+    for name, value in overrides.items():
+        if value is not None and name in DECODING_FIELDS and not (name == "num_beams" and strategy != "beam"):
+            setattr(config, name, value)
+    return config
+
+
+def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, stream: bool = False) -> str:
+    import torch
+
+    input_ids = torch.tensor([prompt_ids], device=model.device)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                             streamer=streamer)
+    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True).strip()
+
+
+def decode(model, tokenizer, text: str, strategy: str = "greedy", max_len: int = 50, beam_width: int = 5,
+           repetition_penalty: float = 1.2) -> str:
+    """The original tutorial's call shape: one reply to `text` with greedy or beam search."""
+    names = {"greedy": "greedy", "beam_search": "beam", "beam": "beam", "sample": "sample"}
+    if strategy not in names:
+        raise PipelineError(f"unknown strategy '{strategy}'; expected greedy or beam_search")
+    config = decoding_config(model.generation_config, names[strategy], max_new_tokens=max_len, num_beams=beam_width,
+                             repetition_penalty=repetition_penalty)
+    prompt_ids, _ = fit_history(tokenizer, [{"role": "user", "content": text}],
+                                model.config.max_position_embeddings - max_len)
+    return reply(model, tokenizer, prompt_ids, config)
+
+
+class Chat:
+    """A conversation with a history that is trimmed from the oldest turn when it outgrows the context window."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig, system: str | None, plain: bool):
+        self.model, self.tokenizer, self.config, self.system, self.plain = model, tokenizer, config, system, plain
+        self.history: list[dict] = []
+
+    def prompt_ids(self, text: str) -> tuple[list[int], int]:
+        budget = self.model.config.max_position_embeddings - self.config.max_new_tokens
+        if budget <= 0:
+            raise PipelineError(f"max_new_tokens ({self.config.max_new_tokens}) fills the whole context window")
+        if self.plain:
+            return self.tokenizer(text)["input_ids"][-budget:], 0
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        messages = system + self.history + [{"role": "user", "content": text}]
+        ids, dropped = fit_history(self.tokenizer, messages, budget)
+        if dropped:
+            # Forget what no longer fits, so the next turn does not pay to trim it again.
+            self.history = self.history[dropped:]
+        return ids, dropped
+
+    def say(self, text: str, stream: bool = False) -> tuple[str, int]:
+        ids, dropped = self.prompt_ids(text)
+        answer = reply(self.model, self.tokenizer, ids, self.config, stream=stream)
+        if not self.plain:
+            self.history += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+        return answer, dropped
+
+
+def set_setting(config: GenerationConfig, name: str, value: str) -> str:
+    if name == "strategy":
+        return value
+    if name not in DECODING_FIELDS:
+        raise ValueError(f"unknown setting '{name}'; settings: strategy, {', '.join(DECODING_FIELDS)}")
+    current = getattr(config, name)
+    caster = {bool: lambda v: v.lower() in ("1", "true", "yes")}.get(type(current), type(current) if current is not
+                                                                      None else float)
+    setattr(config, name, caster(value))
+    return ""
+
+
+def interactive(chat: Chat, args: ChatArguments):
+    strategy = args.strategy
+    mode = "plain text continuation" if chat.plain else "chat"
+    print(f"{args.model}: {mode}, {strategy} decoding. /reset, /settings, /set NAME VALUE, /quit (or Ctrl-D).")
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print()
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            chat.history = []
+            print("(history cleared)")
+            continue
+        if line == "/settings":
+            values = ", ".join(f"{n}={getattr(chat.config, n)}" for n in DECODING_FIELDS)
+            print(f"strategy={strategy}, {values}")
+            continue
+        if line.startswith("/set "):
+            parts = line.split()
+            try:
+                if len(parts) != 3:
+                    raise ValueError("usage: /set NAME VALUE")
+                new_strategy = set_setting(chat.config, parts[1], parts[2])
+                if new_strategy:
+                    chat.config = decoding_config(chat.config, new_strategy)
+                    strategy = new_strategy
+            except ValueError as err:
+                print(f"(error: {err})")
+            continue
+        stream = strategy != "beam"
+        try:
+            if stream:
+                print("bot> ", end="", flush=True)
+            answer, dropped = chat.say(line, stream=stream)
+        except KeyboardInterrupt:
+            print("\n(interrupted)")
+            continue
+        if not stream:
+            print(f"bot> {answer}")
+        if dropped:
+            print(f"(dropped {dropped} oldest turn(s) to fit the context window)")
+
+
+def main():
+    (args,) = HfArgumentParser(ChatArguments).parse_args_into_dataclasses()
+    try:
+        set_seed(args.seed)
+        tokenizer = load_tokenizer(args.model, "model's tokenizer")
+        model = load_model(args.model, AutoModelForCausalLM, "model", tokenizer=tokenizer).eval()
+        plain = args.plain or read_metadata(args.model).get("stage") == "pretrain" or not tokenizer.chat_template
+        overrides = {name: getattr(args, name) for name in DECODING_FIELDS}
+        config = decoding_config(model.generation_config, args.strategy, **overrides)
+        chat = Chat(model, tokenizer, config, args.system, plain)
+        if args.prompt is not None:
+            print(chat.say(args.prompt)[0])
+        else:
+            interactive(chat, args)
+    except PipelineError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

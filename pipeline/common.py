@@ -1,0 +1,249 @@
+"""What every stage script shares: the command line, error reporting, logging, loading models safely."""
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pipeline.config import load_recipe  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+
+logger = logging.getLogger("minichatgpt")
+
+
+def run_stage(main, description: str):
+    """Parse `--config` (+ `--debug`), run `main(recipe, overrides)`, and turn failures into one line + exit code."""
+    parser = argparse.ArgumentParser(description=description, allow_abbrev=False)
+    parser.add_argument("--config", required=True, help="recipe YAML file, e.g. recipes/smoke.yaml")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    known, overrides = parser.parse_known_args()
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        datefmt="%H:%M:%S")
+    try:
+        main(load_recipe(known.config), overrides)
+    except PipelineError as err:
+        if known.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted; start the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    except Exception as err:  # noqa: BLE001 - one line unless --debug, as for input errors
+        if known.debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
+def require_model_folder(path: str | os.PathLike, what: str) -> Path:
+    """A model folder we may load: it exists and holds safetensors weights (pickle weights are refused)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: {what} not found; run the stage that makes it first (or fix the path)")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        if pickles:
+            raise PipelineError(f"{folder}: only pickle weights ({', '.join(pickles)}); minichatgpt loads safetensors "
+                                "only, convert with `model.save_pretrained(folder, safe_serialization=True)`")
+        raise PipelineError(f"{folder}: {what} has no weights (*.safetensors)")
+    return folder
+
+
+def load_tokenizer(path: str | os.PathLike, what: str = "tokenizer"):
+    from transformers import AutoTokenizer
+
+    folder = Path(path)
+    if not folder.is_dir():
+        raise PipelineError(f"{folder}: folder not found; run the stage that makes it first (or fix the path)")
+    if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
+        raise PipelineError(f"{folder}: {what} not found; run `python tokenizer/train.py --config <recipe>` first")
+    return AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+
+
+def load_model(path: str | os.PathLike, model_class, what: str, tokenizer=None, **kwargs):
+    folder = require_model_folder(path, what)
+    model = model_class.from_pretrained(folder, use_safetensors=True, trust_remote_code=False, **kwargs)
+    if tokenizer is not None:
+        check_vocab(model, tokenizer, folder)
+    return model
+
+
+def check_vocab(model, tokenizer, folder):
+    embeddings = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        raise PipelineError(
+            f"{folder}: the model has {embeddings} token embeddings but the tokenizer has {len(tokenizer)} tokens; "
+            "they come from different runs, use the tokenizer the model was trained with"
+        )
+
+
+def perplexity(loss: float | None) -> float | None:
+    if loss is None:
+        return None
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.time() - self.start
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def trainer_defaults(**stage_defaults) -> dict:
+    """Training settings that depend on the machine: bf16 on GPUs that have it, TensorBoard when installed."""
+    import importlib.util
+
+    import torch
+
+    defaults = dict(stage_defaults)
+    defaults.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if importlib.util.find_spec("tensorboard") is not None:
+        defaults.setdefault("report_to", ["tensorboard"])
+    return defaults
+
+
+def plot_curves(log_history: list[dict], series: dict[str, str], path: Path, title: str) -> Path | None:
+    """Plot logged values (`series` maps a log key to its label) against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for key, label in series.items():
+        points = [(row["step"], row[key]) for row in log_history if key in row and "step" in row]
+        if points:
+            steps, values = zip(*points)
+            ax.plot(steps, values, marker="o", markersize=3, label=label)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+def metrics_table(metrics: dict) -> str:
+    rows = [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    return "| metric | value |\n|---|---|\n" + "\n".join(rows)
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end a reply: the end-of-turn marker and end-of-text."""
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
+    return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
+
+
+def chat_generation_config(tokenizer, max_new_tokens: int = 64, repetition_penalty: float = 1.2):
+    """Defaults shipped with every chat model: stop at the end of the turn, sample, penalise repetition."""
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        eos_token_id=end_of_turn_ids(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+        top_k=0,
+        repetition_penalty=repetition_penalty,
+    )
+
+
+def fit_history(tokenizer, messages: list[dict], max_tokens: int | None) -> tuple[list[int], int]:
+    """Token ids of `messages` with the generation prompt, dropping the oldest turns until they fit in `max_tokens`
+    (a leading system turn and the last turn are always kept); also returns how many turns were dropped."""
+    messages = list(messages)
+    keep_first = 1 if messages and messages[0]["role"] == "system" else 0
+    dropped = 0
+    while True:
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
+        if max_tokens is None or len(ids) <= max_tokens:
+            return ids, dropped
+        if len(messages) - keep_first <= 1:
+            return ids[-max_tokens:], dropped
+        del messages[keep_first]
+        dropped += 1
+
+
+def render_prompts(tokenizer, conversations: list[list[dict]], max_prompt_tokens: int | None = None) -> list[list[int]]:
+    return [fit_history(tokenizer, messages, max_prompt_tokens)[0] for messages in conversations]
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
+                     max_prompt_tokens: int | None = None, **generate_kwargs) -> list[str]:
+    """Replies of a chat model to conversations ending at a user turn, via `generate()` with left padding."""
+    import torch
+
+    prompts = render_prompts(tokenizer, conversations, max_prompt_tokens)
+    replies = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start : start + batch_size]
+        width = max(len(p) for p in batch)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(p)) + p for p in batch])
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
+                                 **generate_kwargs)
+        replies.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
+    return [r.strip() for r in replies]
+
+
+def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
+    """Reward-model scores of whole conversations (ending with the reply to judge), rendered with the chat template;
+    the score is read at the last token, the reply's end-of-turn marker, as TRL's trainers do."""
+    import torch
+
+    max_length = model.config.max_position_embeddings
+    scores = []
+    model.eval()
+    for start in range(0, len(conversations), batch_size):
+        batch = [tokenizer.apply_chat_template(c, return_dict=False)[-max_length:]
+                 for c in conversations[start : start + batch_size]]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in batch])
+        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
+        scores.extend(logits[:, 0].float().cpu().tolist())
+    return scores
+
+
+def fit_context(recipe, section: str, max_length: int | None, context: int) -> int:
+    """The sequence length to train with: the model's context unless the recipe asks for less; asking for more than
+    the model has positions for is an error."""
+    asked = (recipe.sections.get(section) or {}).get("max_length")
+    if asked is not None and asked > context:
+        raise PipelineError(f"{recipe.path}: {section}.max_length={asked} is above the model's {context} positions "
+                            f"(model.n_positions); use at most {context}")
+    return context if max_length is None or max_length > context else max_length

@@ -1,0 +1,505 @@
+"""Data sources for every stage: plain text, dialogs and preference pairs, validated as they load.
+
+A source is a string:
+    chitchat                          the `chitchat-dataset` package (7,168 real conversations)
+    cornell:<folder>                  Cornell Movie-Dialogs files (movie_lines.txt + movie_conversations.txt)
+    wikitext:<file>                   WikiText raw text, one document per ` = Title = ` article
+    hub:<dataset id>[:<config>]       a Hugging Face hub dataset (needs internet)
+    disk:<folder>                     a `datasets.save_to_disk` folder
+    <file|folder|glob>                .txt/.raw (one document per paragraph), .jsonl/.json/.csv/.parquet
+"""
+
+import ast
+import glob as globlib
+import json
+import logging
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
+
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("system", "user", "assistant")
+TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TEXT_SUFFIXES = {".txt", ".raw", ".text", ".md"}
+WIKITEXT_TITLE = re.compile(r"^ = [^=].* = $")
+CORNELL_SEPARATOR = " +++$+++ "
+
+
+@dataclass
+class BadRows:
+    """Malformed rows of one source: skipped, counted, and fatal past a threshold."""
+
+    source: str
+    total: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def add(self, where: str, reason: str):
+        self.problems.append(f"{where}: {reason}")
+
+    def check(self, max_bad_fraction: float):
+        if not self.problems:
+            return
+        share = len(self.problems) / max(self.total, 1)
+        examples = "; ".join(self.problems[:3])
+        message = f"{self.source}: skipped {len(self.problems)} of {self.total} rows ({share:.0%}), e.g. {examples}"
+        if share > max_bad_fraction:
+            raise PipelineError(f"{message}; over data.max_bad_fraction={max_bad_fraction}, fix the file or raise it")
+        logger.warning(message)
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def read_text_file(path: Path, encoding: str = "utf-8") -> str:
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    raw = path.read_bytes()
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        try:
+            return raw.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+        except UnicodeDecodeError as err:
+            raise PipelineError(
+                f"{path}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); if it is latin-1, "
+                "set data.encoding: latin-1 in the recipe, or re-save the file as UTF-8"
+            ) from None
+    if any(b > 127 for b in raw):
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            raise PipelineError(
+                f"{path}: looks like UTF-8 but data.encoding is {encoding}; set data.encoding: utf-8"
+            )
+    return raw.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _expand(location: str) -> list[Path]:
+    path = Path(location)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES | set(TABLE_SUFFIXES))
+        if not files:
+            raise PipelineError(f"{location}: folder has no .txt/.raw/.jsonl/.json/.csv/.parquet files")
+        return files
+    if any(ch in location for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(location, recursive=True) if Path(p).is_file())
+        if not files:
+            raise PipelineError(f"{location}: glob matches no files")
+        return files
+    if not path.exists():
+        raise PipelineError(f"{location}: file not found")
+    return [path]
+
+
+def _read_records(path: Path) -> list[tuple[str, object]]:
+    """Rows of a JSONL/JSON/CSV/Parquet file as (where, row), with line numbers for JSONL."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(read_text_file(path).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                records.append((f"{path}:{number}", ValueError(f"not valid JSON ({err.msg})")))
+        return records
+    if suffix == ".json":
+        try:
+            data = json.loads(read_text_file(path))
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise PipelineError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
+        return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    if suffix in (".csv", ".parquet"):
+        table = load_dataset(TABLE_SUFFIXES[suffix], data_files=str(path), split="train")
+        return [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
+    raise PipelineError(f"{path}: unsupported file type '{suffix}'; use .txt, .raw, .jsonl, .json, .csv or .parquet")
+
+
+def _hub_dataset(spec: str):
+    name, _, config = spec.partition(":")
+    try:
+        return load_dataset(name, config or None, split="train")
+    except Exception as err:  # noqa: BLE001 - any hub/offline failure becomes one line
+        raise PipelineError(f"hub:{spec}: could not load from the hub ({type(err).__name__}: {err}); "
+                            "needs internet, or use a local file") from None
+
+
+def _limit(items: list, limit: int | None) -> list:
+    return items if limit is None else items[:limit]
+
+
+# ---------------------------------------------------------------- text
+
+
+def _paragraphs(text: str) -> list[str]:
+    return [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+
+
+def wikitext_articles(text: str) -> list[str]:
+    """Split WikiText raw text at top-level ` = Title = ` lines, keeping `@-@`-style tokens as they are."""
+    articles, current = [], []
+    for line in text.split("\n"):
+        if WIKITEXT_TITLE.match(line) and current:
+            articles.append("\n".join(current).strip())
+            current = []
+        current.append(line)
+    articles.append("\n".join(current).strip())
+    return [a for a in articles if a]
+
+
+def _text_column(table, column: str, where: str) -> list[str]:
+    if column not in table.column_names:
+        raise PipelineError(f"{where}: no '{column}' column (has {table.column_names}); set data.text_column")
+    return [t for t in table[column] if isinstance(t, str) and t.strip()]
+
+
+def _text_documents(source: str, args) -> list[str]:
+    kind, _, location = source.partition(":")
+    if source == "chitchat":
+        return ["\n".join(turn["content"] for turn in conv) for conv in _chitchat_conversations()]
+    if kind == "wikitext":
+        return wikitext_articles(read_text_file(Path(location), args.encoding))
+    if kind == "hub":
+        return _text_column(_hub_dataset(location), args.text_column, source)
+    if kind == "disk":
+        if not Path(location).is_dir():
+            raise PipelineError(f"{location}: save_to_disk folder not found")
+        return _text_column(load_from_disk(location), args.text_column, source)
+    documents = []
+    for path in _expand(source):
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            rows = _read_records(path)
+            for where, row in rows:
+                if isinstance(row, Exception) or not isinstance(row, dict):
+                    raise PipelineError(f"{where}: expected a JSON object with a '{args.text_column}' field")
+                if args.text_column not in row:
+                    raise PipelineError(f"{where}: no '{args.text_column}' field; set data.text_column")
+                if isinstance(row[args.text_column], str) and row[args.text_column].strip():
+                    documents.append(row[args.text_column])
+        else:
+            documents.extend(_paragraphs(read_text_file(path, args.encoding)))
+    return documents
+
+
+def load_text(args) -> Dataset:
+    """All text sources as one dataset with a `text` column."""
+    if not args.text_sources:
+        raise PipelineError("data.text_sources is empty; name at least one text source")
+    documents = []
+    for source in args.text_sources:
+        docs = _limit(_text_documents(source, args), args.max_documents_per_source)
+        if not docs:
+            raise PipelineError(f"{source}: no text found (empty file or everything filtered out)")
+        documents.extend(docs)
+    return Dataset.from_dict({"text": documents})
+
+
+# ---------------------------------------------------------------- dialogs
+
+
+def _chitchat_conversations() -> list[list[dict]]:
+    import chitchat_dataset
+
+    conversations = []
+    for conv in chitchat_dataset.Dataset().values():
+        turns = [" ".join(m["text"].strip() for m in turn if m["text"].strip()) for turn in conv["messages"]]
+        turns = [t for t in turns if t]
+        conversations.append(
+            [{"role": ROLES[1 + i % 2], "content": text} for i, text in enumerate(turns)]
+        )
+    return conversations
+
+
+def cornell_conversations(folder: str | Path, bad: BadRows) -> list[list[dict]]:
+    """Conversations of the Cornell Movie-Dialogs Corpus; the first speaker is the user, the other the assistant."""
+    folder = Path(folder)
+    lines_file, convs_file = folder / "movie_lines.txt", folder / "movie_conversations.txt"
+    for path in (lines_file, convs_file):
+        if not path.is_file():
+            raise PipelineError(f"{path}: file not found (a Cornell folder holds movie_lines.txt and "
+                                "movie_conversations.txt)")
+    lines = {}
+    for row in lines_file.read_text(encoding="iso-8859-1").splitlines():
+        parts = row.split(CORNELL_SEPARATOR)
+        if len(parts) == 5:
+            lines[parts[0].strip()] = (parts[1].strip(), parts[4].strip())
+    conversations, missing = [], 0
+    for number, row in enumerate(convs_file.read_text(encoding="iso-8859-1").splitlines(), start=1):
+        if not row.strip():
+            continue
+        bad.total += 1
+        parts = row.split(CORNELL_SEPARATOR)
+        try:
+            line_ids = ast.literal_eval(parts[3].strip())
+        except (IndexError, ValueError, SyntaxError):
+            bad.add(f"{convs_file}:{number}", "expected 4 fields ending in a list of line ids")
+            continue
+        turns, first_speaker = [], None
+        for line_id in line_ids:
+            if line_id not in lines:
+                missing += 1
+                continue
+            speaker, text = lines[line_id]
+            if not text:
+                continue
+            first_speaker = first_speaker or speaker
+            role = "user" if speaker == first_speaker else "assistant"
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"] += " " + text
+            else:
+                turns.append({"role": role, "content": text})
+        if turns:
+            conversations.append(turns)
+    if missing:
+        logger.warning(f"{folder}: {missing} lines listed in movie_conversations.txt are not in movie_lines.txt; "
+                       "skipped")
+    return conversations
+
+
+def validate_messages(messages) -> str | None:
+    """Why `messages` is not a usable conversation, or None."""
+    if not isinstance(messages, list) or not messages:
+        return "empty conversation" if isinstance(messages, list) else "'messages' is not a list"
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict):
+            return f"turn {i} is not an object"
+        if "role" not in turn or "content" not in turn:
+            return f"turn {i} has no {'role' if 'role' not in turn else 'content'}"
+        if turn["role"] not in ROLES:
+            return f"turn {i} has unknown role '{turn['role']}' (expected system, user or assistant)"
+        if not isinstance(turn["content"], str):
+            return f"turn {i} content is not text"
+    if not any(t["role"] == "assistant" for t in messages):
+        return "no assistant turn"
+    return None
+
+
+def _row_to_messages(row) -> tuple[list | None, str | None]:
+    if isinstance(row, Exception):
+        return None, str(row)
+    if not isinstance(row, dict):
+        return None, f"expected a JSON object, got {type(row).__name__}"
+    if "messages" in row:
+        messages = row["messages"]
+    elif "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        elif isinstance(prompt, list) and isinstance(completion, list):
+            messages = prompt + completion
+        else:
+            return None, "prompt and completion must both be text or both be message lists"
+    else:
+        return None, "expected a 'messages' list or 'prompt' and 'completion' fields"
+    problem = validate_messages(messages)
+    return (None, problem) if problem else ([{"role": t["role"], "content": t["content"]} for t in messages], None)
+
+
+def _dialog_conversations(source: str, args) -> list[list[dict]]:
+    kind, _, location = source.partition(":")
+    bad = BadRows(source)
+    if source == "chitchat":
+        return _chitchat_conversations()
+    if kind == "cornell":
+        conversations = cornell_conversations(location, bad)
+    else:
+        if kind == "hub":
+            table = _hub_dataset(location)
+            records = [(f"{source} row {i + 1}", row) for i, row in enumerate(table)]
+        elif kind == "disk":
+            records = [(f"{source} row {i + 1}", row) for i, row in enumerate(load_from_disk(location))]
+        else:
+            records = [rec for path in _expand(source) for rec in _read_records(path)]
+        conversations = []
+        for where, row in records:
+            bad.total += 1
+            messages, problem = _row_to_messages(row)
+            if problem:
+                bad.add(where, problem)
+            else:
+                conversations.append(messages)
+    bad.check(args.max_bad_fraction)
+    return conversations
+
+
+def load_dialogs(args) -> Dataset:
+    """All dialog sources as one dataset with a `messages` column."""
+    if not args.dialog_sources:
+        raise PipelineError("data.dialog_sources is empty; name at least one dialog source")
+    conversations = []
+    for source in args.dialog_sources:
+        convs = _limit(_dialog_conversations(source, args), args.max_documents_per_source)
+        if not convs:
+            raise PipelineError(f"{source}: no usable conversations (empty, or every row was malformed)")
+        conversations.extend(convs)
+    return Dataset.from_dict({"messages": conversations})
+
+
+def split_eval(dataset: Dataset, args) -> tuple[Dataset, Dataset]:
+    """The fixed, seeded held-out split shared by every stage."""
+    if len(dataset) < 2:
+        raise PipelineError(f"only {len(dataset)} example(s): need at least 2 to hold one out for evaluation")
+    n_eval = min(max(1, round(len(dataset) * args.eval_fraction)), args.max_eval_examples, len(dataset) - 1)
+    parts = dataset.train_test_split(test_size=n_eval, seed=args.split_seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def conversation_windows(messages: list[dict], max_turns: int) -> list[list[dict]]:
+    """Cut a long conversation into windows of at most `max_turns` turns, each starting at a user turn and ending
+    at an assistant turn; a leading system turn is repeated in every window."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    windows, start = [], 0
+    while start < len(turns):
+        while start < len(turns) and turns[start]["role"] != "user":
+            start += 1
+        end = min(start + max_turns, len(turns))
+        while end > start and turns[end - 1]["role"] != "assistant":
+            end -= 1
+        if end <= start:
+            break
+        windows.append(system + turns[start:end])
+        start = end
+    return windows
+
+
+def prompt_reply_pairs(conversations, max_context_turns: int) -> list[tuple[list[dict], str]]:
+    """(history ending at a user turn, the real assistant reply) for every assistant turn that follows a user."""
+    pairs = []
+    for messages in conversations:
+        for i, turn in enumerate(messages):
+            if turn["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user" and turn["content"].strip():
+                pairs.append((messages[max(0, i - max_context_turns):i], turn["content"]))
+    return pairs
+
+
+# ---------------------------------------------------------------- preferences
+
+GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
+
+
+def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[str]) -> str | None:
+    """A worse reply than `reply`, made in the way `kind` names; None when `reply` is too short for that kind."""
+    words = reply.split()
+    if kind == "other_conversation":
+        for _ in range(10):
+            candidate = rng.choice(other_replies)
+            if candidate.strip() and candidate != reply:
+                return candidate
+        return None
+    if kind == "truncated":
+        if len(words) < 4:
+            return None
+        return " ".join(words[: rng.randint(1, max(1, len(words) // 2))])
+    if kind == "shuffled":
+        if len(words) < 4 or len(set(words)) < 3:
+            return None
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    if kind == "looped":
+        phrase = " ".join(words[: rng.randint(1, min(3, len(words)))]) if words else "i"
+        return " ".join([phrase] * rng.randint(4, 8))
+    if kind == "generic":
+        options = [g for g in GENERIC_REPLIES if g != reply.strip().lower()]
+        return rng.choice(options)
+    raise PipelineError(f"reward.rejected_kinds: unknown kind '{kind}' (expected other_conversation, truncated, "
+                        "shuffled, looped or generic)")
+
+
+def build_preference_pairs(conversations, kinds: list[str], weights: list[float] | None, seed: int,
+                           max_context_turns: int, max_pairs: int | None = None) -> Dataset:
+    """Preference pairs from real dialogs: chosen is the real reply, rejected a degraded or unrelated one."""
+    if weights is not None and len(weights) != len(kinds):
+        raise PipelineError(f"reward.rejected_weights has {len(weights)} values for {len(kinds)} rejected_kinds")
+    rng = random.Random(seed)
+    pairs = prompt_reply_pairs(conversations, max_context_turns)
+    rng.shuffle(pairs)
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    replies = [reply for _, reply in pairs]
+    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
+    for prompt, reply in pairs:
+        kind = rng.choices(kinds, weights=weights)[0]
+        rejected = degrade(reply, kind, rng, replies)
+        if rejected is None:
+            kind, rejected = "other_conversation", degrade(reply, "other_conversation", rng, replies)
+        if rejected is None or rejected == reply:
+            continue
+        rows["prompt"].append(prompt)
+        rows["chosen"].append([{"role": "assistant", "content": reply}])
+        rows["rejected"].append([{"role": "assistant", "content": rejected}])
+        rows["kind"].append(kind)
+    if not rows["prompt"]:
+        raise PipelineError("no preference pairs could be built from the dialog sources")
+    logger.info(f"built {len(rows['prompt'])} preference pairs: {dict(Counter(rows['kind']))}")
+    return Dataset.from_dict(rows)
+
+
+def _as_messages(value, role: str):
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return value
+
+
+def load_preferences(args) -> Dataset:
+    """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
+    (implicit prompt: full conversations sharing a prefix); strings or message lists."""
+    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
+    for source in args.preference_sources:
+        bad = BadRows(source)
+        kind, _, location = source.partition(":")
+        records = ([(f"{source} row {i + 1}", r) for i, r in enumerate(_hub_dataset(location))] if kind == "hub"
+                   else [rec for path in _expand(source) for rec in _read_records(path)])
+        for where, row in records:
+            bad.total += 1
+            if isinstance(row, Exception):
+                bad.add(where, str(row))
+                continue
+            if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+                bad.add(where, "expected an object with 'chosen' and 'rejected'")
+                continue
+            chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+            if chosen == rejected:
+                bad.add(where, "chosen and rejected are the same")
+                continue
+            if prompt is None:
+                if not (isinstance(chosen, list) and isinstance(rejected, list)):
+                    bad.add(where, "without a prompt, chosen and rejected must be message lists")
+                    continue
+                shared = 0
+                while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+                    shared += 1
+                prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+            prompt = _as_messages(prompt, "user")
+            chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
+            problem = next((p for p in (validate_messages(prompt + chosen), validate_messages(prompt + rejected)) if p),
+                           None)
+            if problem:
+                bad.add(where, problem)
+                continue
+            rows["prompt"].append(prompt)
+            rows["chosen"].append(chosen)
+            rows["rejected"].append(rejected)
+            rows["kind"].append("human")
+        bad.check(args.max_bad_fraction)
+    if not rows["prompt"]:
+        raise PipelineError(f"{args.preference_sources}: no usable preference rows")
+    return Dataset.from_dict(rows)
+
+
+def concat(datasets: list[Dataset]) -> Dataset:
+    return datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)

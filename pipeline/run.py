@@ -1,0 +1,103 @@
+"""From nothing to a chatbot: tokenizer -> pretrain -> SFT -> reward -> PPO -> evaluation, in order.
+
+    python pipeline/run.py --config recipes/quickstart.yaml [--force sft]
+
+A stage whose hub folder exists and was made from the same recipe settings is skipped; --force STAGE redoes that
+stage and every stage after it; an interrupted stage resumes from its last checkpoint when run again.
+"""
+
+import argparse
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline.config import STAGES, load_recipe
+from pipeline.errors import PipelineError
+from pipeline.hub import format_metrics, read_metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {
+    "tokenizer": "tokenizer/train.py",
+    "pretrain": "pipeline/pretrain.py",
+    "sft": "pipeline/sft.py",
+    "reward": "pipeline/reward.py",
+    "ppo": "pipeline/ppo.py",
+    "eval": "eval/run.py",
+}
+KEY_METRIC = {
+    "tokenizer": "bytes_per_token",
+    "pretrain": "eval_perplexity",
+    "sft": "eval_reply_perplexity",
+    "reward": "eval_accuracy",
+    "ppo": "win_rate",
+}
+TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo")
+
+
+def command(stage: str, recipe_path: Path, accelerate_config: Path) -> list[str]:
+    script = str(ROOT / SCRIPTS[stage])
+    if stage in TRAINING_STAGES:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file", str(accelerate_config), script,
+                "--config", str(recipe_path)]
+    return [sys.executable, script, "--config", str(recipe_path)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="recipe YAML file, e.g. recipes/quickstart.yaml")
+    parser.add_argument("--force", choices=STAGES + ("eval",), help="redo this stage and every stage after it")
+    parser.add_argument("--skip_eval", action="store_true", help="stop after PPO")
+    args = parser.parse_args()
+    try:
+        recipe = load_recipe(args.config)
+        for section in recipe.sections:
+            recipe.parse(section, defaults={"bf16": False} if section in TRAINING_STAGES else None)
+        accelerate_config = Path(recipe.run.accelerate_config)
+        if not accelerate_config.is_file():
+            raise PipelineError(f"{recipe.path}: accelerate_config '{accelerate_config}' not found")
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+    stages = STAGES + (() if args.skip_eval else ("eval",))
+    rerun_from = stages.index(args.force) if args.force else len(stages)
+    summary, upstream_changed, total_start = [], False, time.time()
+    for number, stage in enumerate(stages, start=1):
+        tag = f"[{number}/{len(stages)}] {stage}"
+        hub_folder = recipe.hub_path(stage) if stage != "eval" else Path(recipe.output_dir("eval")) / "report.md"
+        meta = read_metadata(hub_folder) if stage != "eval" else {}
+        up_to_date = meta.get("fingerprint") == recipe.fingerprint(stage) if stage != "eval" else False
+        forced = number - 1 >= rerun_from
+        if up_to_date and not forced and not upstream_changed:
+            print(f"{tag}: skipped, {hub_folder} is up to date with {recipe.path}", flush=True)
+            summary.append((stage, hub_folder, meta.get("metrics", {}).get(KEY_METRIC.get(stage)), 0.0, "skipped"))
+            continue
+        output_dir = Path(recipe.output_dir(stage))
+        if stage in TRAINING_STAGES and output_dir.exists() and (forced or upstream_changed or meta):
+            shutil.rmtree(output_dir)  # stale checkpoints of other settings must not be resumed
+        print(f"{tag}: starting", flush=True)
+        start = time.time()
+        result = subprocess.run(command(stage, recipe.path, accelerate_config), cwd=Path.cwd())
+        seconds = time.time() - start
+        if result.returncode != 0:
+            print(f"{tag}: failed after {seconds:.0f}s (exit {result.returncode}); fix the cause above and run the "
+                  "same command again: finished stages are skipped and this one resumes from its last checkpoint",
+                  file=sys.stderr)
+            sys.exit(result.returncode)
+        print(f"{tag}: done in {seconds:.0f}s", flush=True)
+        upstream_changed = True
+        metric = read_metadata(hub_folder).get("metrics", {}).get(KEY_METRIC.get(stage)) if stage != "eval" else None
+        summary.append((stage, hub_folder, metric, seconds, "ran"))
+
+    print(f"\n{'stage':10} {'result':36} {'key metric':28} {'time':>7}")
+    for stage, folder, metric, seconds, how in summary:
+        key = format_metrics({KEY_METRIC[stage]: metric}) if metric is not None else "-"
+        print(f"{stage:10} {str(folder):36} {key:28} {seconds:6.0f}s {'' if how == 'ran' else '(skipped)'}")
+    print(f"total {time.time() - total_start:.0f}s")
+    print(f"\nchat with it:  python pipeline/chat.py --model {recipe.hub_path('ppo')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Supervised fine-tuning on dialogs with TRL's SFTTrainer; pushes {hub_dir}/{run_name}-sft, a chat model.
+
+    accelerate launch pipeline/sft.py --config recipes/smoke.yaml [--use_peft true --lora_r 16]
+"""
+
+import logging
+import time
+
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, set_seed
+from trl import SFTTrainer, get_peft_config
+
+from pipeline.common import (
+    chat_generation_config,
+    fit_context,
+    generate_replies,
+    last_checkpoint,
+    load_model,
+    load_tokenizer,
+    metrics_table,
+    perplexity,
+    plot_curves,
+    run_stage,
+    trainer_defaults,
+)
+from pipeline.data import conversation_windows, load_dialogs, split_eval
+from pipeline.hub import card_metadata, check_writable, push
+
+logger = logging.getLogger("minichatgpt.sft")
+
+
+def windows(dataset, max_turns: int) -> Dataset:
+    return Dataset.from_dict(
+        {"messages": [w for messages in dataset["messages"] for w in conversation_windows(messages, max_turns)]}
+    )
+
+
+def main(recipe, overrides):
+    data_args, stage_args, training_args, model_args = recipe.parse_stage(
+        "sft", overrides,
+        defaults=trainer_defaults(assistant_only_loss=True, eos_token="<|end|>", truncation_mode="keep_end",
+                                  lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2,
+                                  eval_strategy="no", logging_steps=10),
+    )
+    set_seed(training_args.seed)
+    check_writable(recipe.run.hub_dir)
+    base_path = stage_args.base_model or str(recipe.hub_path("pretrain"))
+    tokenizer = load_tokenizer(base_path, "base model's tokenizer")
+    model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
+    context = model.config.max_position_embeddings
+    training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
+
+    train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args), data_args)
+    train_set = windows(train_dialogs, stage_args.max_turns)
+    eval_set = windows(eval_dialogs, stage_args.max_turns)
+    print(f"sft data: {len(train_set)} training and {len(eval_set)} held-out conversation windows")
+
+    sample_conversations = [[{"role": "user", "content": p}] for p in stage_args.sample_prompts]
+    greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": tokenizer.convert_tokens_to_ids("<|end|>"),
+              "pad_token_id": tokenizer.pad_token_id, "repetition_penalty": 1.2}
+    base_samples = generate_replies(model, tokenizer, sample_conversations, max_prompt_tokens=context - 32, **greedy)
+
+    trainer = SFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    before = trainer.evaluate()["eval_loss"]
+    resume = last_checkpoint(training_args.output_dir)
+    if resume:
+        print(f"resuming from {resume}")
+    start = time.time()
+    trainer.train(resume_from_checkpoint=resume)
+    wall = time.time() - start
+    after = trainer.evaluate()["eval_loss"]
+
+    model = trainer.model
+    if model_args.use_peft:
+        model = model.merge_and_unload()
+    model.generation_config = chat_generation_config(tokenizer)
+    samples = generate_replies(model, tokenizer, sample_conversations, max_prompt_tokens=context - 32, **greedy)
+    train_losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    metrics = {
+        "train_loss": round(train_losses[-1], 4) if train_losses else None,
+        "eval_loss_before": round(before, 4),
+        "eval_loss": round(after, 4),
+        "eval_reply_perplexity_before": round(perplexity(before), 2),
+        "eval_reply_perplexity": round(perplexity(after), 2),
+        "train_windows": len(train_set),
+        "wall_seconds": round(wall, 1),
+        "lora": bool(model_args.use_peft),
+    }
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    print("sft summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    if not trainer.is_world_process_zero():
+        return
+
+    def write(folder):
+        model.save_pretrained(folder)
+        trainer.processing_class.save_pretrained(folder)
+        plot_curves(trainer.state.log_history, {"loss": "train loss", "eval_loss": "eval loss"},
+                    folder / "loss_curve.png", f"{recipe.hub_name('sft')} fine-tuning")
+
+    rows = "\n".join(f"| {p} | {b} | {s} |" for p, b, s in zip(stage_args.sample_prompts, base_samples, samples))
+    name = recipe.hub_name("sft")
+    body = f"""# {name}
+
+`{base_path}` fine-tuned by minichatgpt with TRL `SFTTrainer` on {', '.join(data_args.dialog_sources)}
+(loss on assistant tokens only{', LoRA merged into the weights' if model_args.use_peft else ''}).
+Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to {metrics['eval_reply_perplexity']}.
+
+{metrics_table(metrics)}
+
+## Sample replies (greedy, repetition penalty 1.2)
+
+| prompt | base model | after SFT |
+|---|---|---|
+{rows}
+
+![loss curve](loss_curve.png)
+"""
+    target = push(recipe.run.hub_dir, name, write,
+                  metadata={"stage": "sft", "parent": base_path.rstrip("/").split("/")[-1], "recipe": str(recipe.path),
+                            "metrics": metrics, "log_history": trainer.state.log_history,
+                            "samples": dict(zip(stage_args.sample_prompts, samples)),
+                            "fingerprint": recipe.fingerprint("sft")},
+                  card_body=body,
+                  card_metadata=card_metadata(base_path, data_args.dialog_sources, recipe.path, metrics,
+                                              "text-generation"))
+    print(f"pushed {target}")
+
+
+if __name__ == "__main__":
+    run_stage(main, __doc__)

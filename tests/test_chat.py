@@ -1,0 +1,125 @@
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import ROOT, run_cli
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from eval.metrics import load_metric
+from pipeline.chat import Chat, decode, decoding_config
+
+PROMPTS = ["how are you ?", "what do you do for fun ?", "do you like movies ?", "where are you from ?",
+           "i just got back from work", "what is your favorite food ?"]
+
+
+@pytest.fixture(scope="module")
+def chat_model(smoke_run):
+    folder = smoke_run["hub"] / "smoke-ppo"
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder), folder
+
+
+def test_one_shot_prompt_with_beam_search(chat_model):
+    _, _, folder = chat_model
+    result = run_cli(["pipeline/chat.py", "--model", folder, "--prompt", "how are you ?", "--strategy", "beam",
+                      "--num_beams", "5", "--repetition_penalty", "1.2"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip()
+
+
+def test_interactive_two_turns_keep_history_and_trim_when_full(chat_model):
+    _, _, folder = chat_model
+    turns = "hi there , how are you today ?\nwhat do you like to do on weekends ?\n/settings\n/reset\n/quit\n"
+    result = subprocess.run(["python", "pipeline/chat.py", "--model", str(folder), "--strategy", "greedy",
+                             "--max_new_tokens", "90"], input=turns, capture_output=True, text=True, cwd=ROOT,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("bot> ") == 2
+    assert "dropped 2 oldest turn(s) to fit the context window" in result.stdout
+    assert "repetition_penalty=" in result.stdout and "(history cleared)" in result.stdout
+
+
+def test_end_of_input_exits_cleanly(chat_model):
+    _, _, folder = chat_model
+    result = subprocess.run(["python", "pipeline/chat.py", "--model", str(folder)], input="", capture_output=True,
+                            text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+
+
+def test_history_is_kept_between_turns(chat_model):
+    model, tokenizer, _ = chat_model
+    chat = Chat(model, tokenizer, decoding_config(model.generation_config, "greedy", max_new_tokens=8), "be nice",
+                plain=False)
+    chat.say("my name is bob")
+    ids, dropped = chat.prompt_ids("what is my name ?")
+    text = tokenizer.decode(ids)
+    assert dropped == 0 and text.startswith("<|system|>be nice") and "my name is bob" in text
+    assert [m["role"] for m in chat.history] == ["user", "assistant"]
+
+
+def test_greedy_and_beam_differ(chat_model):
+    model, tokenizer, _ = chat_model
+    greedy = [decode(model, tokenizer, p, strategy="greedy", max_len=16, repetition_penalty=1.0) for p in PROMPTS]
+    beam = [decode(model, tokenizer, p, strategy="beam_search", max_len=16, beam_width=5, repetition_penalty=1.0)
+            for p in PROMPTS]
+    assert greedy != beam
+
+
+def test_repetition_penalty_lowers_repeated_trigrams(chat_model):
+    model, tokenizer, _ = chat_model
+    repeated = load_metric("repeated_ngrams")
+    rates = {}
+    for penalty in (1.0, 1.5):
+        replies = [decode(model, tokenizer, p, strategy="greedy", max_len=24, repetition_penalty=penalty)
+                   for p in PROMPTS]
+        rates[penalty] = repeated.compute(predictions=replies, n=3)["repeated_ngram_rate"]
+    assert rates[1.5] < rates[1.0]
+
+
+def test_decoding_flags_override_generation_config(chat_model):
+    model, _, _ = chat_model
+    config = decoding_config(model.generation_config, "sample", temperature=0.3, top_k=5, no_repeat_ngram_size=3)
+    assert config.do_sample and config.temperature == 0.3 and config.top_k == 5 and config.no_repeat_ngram_size == 3
+    beam = decoding_config(model.generation_config, "beam", num_beams=3, length_penalty=0.5, early_stopping=True)
+    assert not beam.do_sample and beam.num_beams == 3 and beam.length_penalty == 0.5
+    assert model.generation_config.do_sample, "the model's own defaults are left alone"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_transformers_serve_answers_an_openai_chat_request(chat_model):
+    _, _, folder = chat_model
+    port = free_port()
+    server = subprocess.Popen(["transformers", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+                               "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            assert time.time() < deadline, "server did not start"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.5)
+        body = json.dumps({"model": str(folder), "max_tokens": 8,
+                           "messages": [{"role": "user", "content": "how are you ?"}]}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.loads(response.read())
+        message = reply["choices"][0]["message"]
+        assert message["role"] == "assistant" and isinstance(message["content"], str)
+        assert reply["usage"]["completion_tokens"] <= 8
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,235 @@
+import json
+import random
+
+import pytest
+from conftest import CORNELL, WIKITEXT
+
+from pipeline.config import DataArguments
+from pipeline.data import (
+    BadRows,
+    build_preference_pairs,
+    conversation_windows,
+    cornell_conversations,
+    degrade,
+    load_dialogs,
+    load_preferences,
+    load_text,
+    prompt_reply_pairs,
+    read_text_file,
+    split_eval,
+    wikitext_articles,
+)
+from pipeline.errors import PipelineError
+
+
+def data_args(**kwargs):
+    return DataArguments(**kwargs)
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_wikitext_articles_split_at_titles_and_keep_tokens():
+    articles = wikitext_articles(read_text_file(WIKITEXT))
+    assert articles[0].startswith("= Robert Boulter =")
+    assert all(a.startswith("= ") and not a.startswith("= =") for a in articles)
+    assert len(articles) > 40
+    assert any("@-@" in a for a in articles), "WikiText tokens like @-@ are kept as they are"
+    assert "\r" not in articles[0]
+
+
+def test_text_sources_mix_and_split_is_seeded(tmp_path):
+    (tmp_path / "a.txt").write_text("first paragraph\n\nsecond paragraph\n", encoding="utf-8")
+    write_jsonl(tmp_path / "b.jsonl", [{"text": "from json"}, {"text": "another"}])
+    args = data_args(text_sources=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"), f"wikitext:{WIKITEXT}"],
+                     eval_fraction=0.1)
+    dataset = load_text(args)
+    assert dataset["text"][:4] == ["first paragraph", "second paragraph", "from json", "another"]
+    first, second = split_eval(dataset, args), split_eval(dataset, args)
+    assert first[1]["text"] == second[1]["text"]
+    assert set(first[0]["text"]).isdisjoint(first[1]["text"])
+
+
+def test_text_folder_and_glob(tmp_path):
+    for name in ("x.txt", "y.txt"):
+        (tmp_path / name).write_text(f"doc {name}", encoding="utf-8")
+    assert len(load_text(data_args(text_sources=[str(tmp_path)]))) == 2
+    assert len(load_text(data_args(text_sources=[str(tmp_path / "*.txt")]))) == 2
+    with pytest.raises(PipelineError, match="glob matches no files"):
+        load_text(data_args(text_sources=[str(tmp_path / "*.none")]))
+
+
+def test_chitchat_conversations_alternate_user_and_assistant():
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"]))
+    assert len(dialogs) == 7168
+    for messages in dialogs.select(range(50))["messages"]:
+        roles = [m["role"] for m in messages]
+        assert roles[0] == "user"
+        assert all(a != b for a, b in zip(roles, roles[1:]))
+
+
+def test_cornell_sample_loads_in_original_format():
+    bad = BadRows("cornell")
+    conversations = cornell_conversations(CORNELL, bad)
+    assert len(conversations) == 201
+    assert conversations[0][0]["role"] == "user" and conversations[0][1]["role"] == "assistant"
+    assert not bad.problems
+
+
+def test_cornell_missing_lines_are_skipped_not_fatal(tmp_path, caplog):
+    lines = (CORNELL / "movie_lines.txt").read_bytes().splitlines(keepends=True)
+    (tmp_path / "movie_lines.txt").write_bytes(b"".join(lines[10:]))
+    (tmp_path / "movie_conversations.txt").write_bytes((CORNELL / "movie_conversations.txt").read_bytes())
+    conversations = cornell_conversations(tmp_path, BadRows("cornell"))
+    assert 190 <= len(conversations) <= 201
+    assert "not in movie_lines.txt" in caplog.text
+
+
+def test_cornell_latin1_is_decoded(tmp_path):
+    (tmp_path / "movie_lines.txt").write_bytes(
+        "L1 +++$+++ u0 +++$+++ m0 +++$+++ A +++$+++ Caf\xe9 ?\nL2 +++$+++ u1 +++$+++ m0 +++$+++ B +++$+++ Oui.\n"
+        .encode("latin-1"))
+    (tmp_path / "movie_conversations.txt").write_text("u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L1', 'L2']\n")
+    (conversation,) = cornell_conversations(tmp_path, BadRows("cornell"))
+    assert conversation == [{"role": "user", "content": "Café ?"}, {"role": "assistant", "content": "Oui."}]
+
+
+def test_chat_and_prompt_completion_files(tmp_path):
+    chat = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"},
+                      {"role": "assistant", "content": "hello"}]},
+    ])
+    pc = tmp_path / "pc.json"
+    pc.write_text(json.dumps([{"prompt": "how are you ?", "completion": "fine"}]), encoding="utf-8")
+    dialogs = load_dialogs(data_args(dialog_sources=[str(chat), str(pc)]))
+    assert dialogs["messages"][1] == [{"role": "user", "content": "how are you ?"},
+                                      {"role": "assistant", "content": "fine"}]
+    assert dialogs["messages"][0][0]["role"] == "system"
+
+
+def test_chat_parquet(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"messages": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]]}
+                      ).to_parquet(str(tmp_path / "d.parquet"))
+    assert len(load_dialogs(data_args(dialog_sources=[str(tmp_path / "d.parquet")]))) == 1
+
+
+def test_malformed_rows_are_reported_with_line_numbers_and_skipped(tmp_path, caplog):
+    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
+    path = write_jsonl(tmp_path / "mixed.jsonl", [good] * 8 + [
+        {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        '{"messages": [{"role": "user", "content": "cut',
+    ])
+    dialogs = load_dialogs(data_args(dialog_sources=[str(path)], max_bad_fraction=0.5))
+    assert len(dialogs) == 8
+    assert "skipped 2 of 10 rows" in caplog.text
+    assert f"{path}:9: turn 0 has unknown role 'robot'" in caplog.text
+    assert f"{path}:10: not valid JSON" in caplog.text
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"messages": []}, "empty conversation"),
+    ({"messages": [{"role": "user"}]}, "turn 0 has no content"),
+    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "content is not text"),
+    ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
+    ([1, 2], "expected a JSON object"),
+    ({"text": "no messages"}, "expected a 'messages' list"),
+])
+def test_each_malformed_row_fails_over_the_threshold(tmp_path, row, reason):
+    path = write_jsonl(tmp_path / "bad.jsonl", [row])
+    with pytest.raises(PipelineError, match=reason):
+        load_dialogs(data_args(dialog_sources=[str(path)]))
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(PipelineError, match="nope.txt: file not found"):
+        load_text(data_args(text_sources=[str(tmp_path / "nope.txt")]))
+    (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="no text found"):
+        load_text(data_args(text_sources=[str(tmp_path / "empty.txt")]))
+    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(PipelineError, match="no usable conversations"):
+        load_dialogs(data_args(dialog_sources=[str(tmp_path / "empty.jsonl")]))
+
+
+def test_encodings(tmp_path):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\xe9 cr\xe8me".encode("latin-1"))
+    with pytest.raises(PipelineError, match="not valid UTF-8.*data.encoding: latin-1"):
+        read_text_file(latin)
+    assert read_text_file(latin, "latin-1") == "café crème"
+    utf8 = tmp_path / "utf8.txt"
+    utf8.write_text("café", encoding="utf-8")
+    with pytest.raises(PipelineError, match="looks like UTF-8"):
+        read_text_file(utf8, "latin-1")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffline one\r\nline two\r\n".encode())
+    assert read_text_file(bom) == "line one\nline two\n"
+
+
+def test_json_that_is_not_a_list_of_objects(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('"just a string"', encoding="utf-8")
+    with pytest.raises(PipelineError, match="expected a JSON list of objects"):
+        load_dialogs(data_args(dialog_sources=[str(path)]))
+
+
+def test_conversation_windows_start_at_user_and_end_at_assistant():
+    turns = [{"role": "system", "content": "s"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": str(i)} for i in range(9)]
+    windows = conversation_windows(turns, max_turns=4)
+    assert [len(w) for w in windows] == [5, 5]
+    for window in windows:
+        assert window[0]["role"] == "system" and window[1]["role"] == "user" and window[-1]["role"] == "assistant"
+
+
+def test_preference_pairs_from_dialogs_use_every_kind():
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=100))["messages"]
+    kinds = ["other_conversation", "truncated", "shuffled", "looped", "generic"]
+    pairs = build_preference_pairs(dialogs, kinds, None, seed=0, max_context_turns=3, max_pairs=500)
+    assert set(pairs["kind"]) == set(kinds)
+    for prompt, chosen, rejected in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]):
+        assert prompt[-1]["role"] == "user" and len(prompt) <= 3
+        assert chosen != rejected
+    only_looped = build_preference_pairs(dialogs, ["looped"], None, seed=0, max_context_turns=3, max_pairs=50)
+    assert set(only_looped["kind"]) <= {"looped", "other_conversation"}
+
+
+def test_degrade_kinds():
+    rng = random.Random(0)
+    reply = "i really like to go hiking in the mountains"
+    assert len(degrade(reply, "truncated", rng, [])) < len(reply)
+    shuffled = degrade(reply, "shuffled", rng, [])
+    assert shuffled != reply and sorted(shuffled.split()) == sorted(reply.split())
+    looped = degrade(reply, "looped", rng, []).split()
+    assert len(looped) >= 4 and len(set(looped)) <= 3
+    with pytest.raises(PipelineError, match="unknown kind"):
+        degrade(reply, "bogus", rng, [])
+
+
+def test_preference_files_explicit_and_implicit_prompt(tmp_path):
+    path = write_jsonl(tmp_path / "prefs.jsonl", [
+        {"prompt": "how are you ?", "chosen": "good , you ?", "rejected": "banana"},
+        {"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello !"}],
+         "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]},
+    ] * 5)
+    prefs = load_preferences(data_args(preference_sources=[str(path)]))
+    assert len(prefs) == 10
+    assert prefs["prompt"][1] == [{"role": "user", "content": "hi"}]
+    assert prefs["chosen"][1] == [{"role": "assistant", "content": "hello !"}]
+
+
+def test_preference_rows_with_chosen_equal_rejected_are_refused(tmp_path):
+    path = write_jsonl(tmp_path / "same.jsonl", [{"prompt": "q", "chosen": "a", "rejected": "a"}])
+    with pytest.raises(PipelineError, match="chosen and rejected are the same"):
+        load_preferences(data_args(preference_sources=[str(path)]))
+
+
+def test_prompt_reply_pairs_end_at_user_turns():
+    conv = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+            {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
+    pairs = prompt_reply_pairs([conv], max_context_turns=2)
+    assert pairs == [(conv[:1], "b"), (conv[1:3], "d")]

@@ -1,0 +1,89 @@
+"""The whole smoke chain through `pipeline/run.py`, then what a user does with its hub."""
+
+import json
+
+import yaml
+from conftest import run_cli
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+STAGES = ("tokenizer", "base", "sft", "reward", "ppo")
+
+
+def test_run_prints_progress_summary_and_chat_command(smoke_run):
+    log = smoke_run["log"]
+    for number, stage in enumerate(("tokenizer", "pretrain", "sft", "reward", "ppo", "eval"), start=1):
+        assert f"[{number}/6] {stage}: starting" in log
+        assert f"[{number}/6] {stage}: done in" in log
+    assert "chat with it:  python pipeline/chat.py --model" in log
+    assert "eval_accuracy=" in log and "win_rate=" in log
+
+
+def test_every_stage_pushed_safetensors_and_a_model_card(smoke_run):
+    for stage in STAGES:
+        folder = smoke_run["hub"] / f"smoke-{stage}"
+        assert (folder / "README.md").read_text().startswith("---\n"), stage
+        assert (folder / "tokenizer.json").is_file()
+        assert not list(folder.glob("*.bin")) and not list(folder.glob("*.pt")), "no pickle in the hub"
+        if stage != "tokenizer":
+            assert (folder / "model.safetensors").is_file()
+            assert (folder / "config.json").is_file()
+    meta = json.loads((smoke_run["hub"] / "smoke-sft" / "minichatgpt.json").read_text())
+    assert meta["parent"] == "smoke-base" and meta["stage"] == "sft"
+    card = yaml.safe_load((smoke_run["hub"] / "smoke-ppo" / "README.md").read_text().split("---\n")[1])
+    assert card["base_model"].endswith("smoke-sft")
+    assert card["model-index"][0]["results"][0]["metrics"]
+    assert (smoke_run["hub"] / "smoke-base" / "loss_curve.png").stat().st_size > 1000
+
+
+def test_base_model_generates_through_the_text_generation_pipeline(smoke_run):
+    generate = pipeline("text-generation", model=str(smoke_run["hub"] / "smoke-base"))
+    out = generate("The history of", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("The history of")
+
+
+def test_chat_models_answer_messages_through_the_pipeline(smoke_run):
+    for stage in ("sft", "ppo"):
+        chat = pipeline("text-generation", model=str(smoke_run["hub"] / f"smoke-{stage}"))
+        assert chat.generation_config.repetition_penalty > 1.0
+        out = chat([{"role": "user", "content": "how are you ?"}], max_new_tokens=8)
+        messages = out[0]["generated_text"]
+        assert messages[-1]["role"] == "assistant" and isinstance(messages[-1]["content"], str)
+
+
+def test_reward_model_scores_conversations_as_documented(smoke_run):
+    folder = str(smoke_run["hub"] / "smoke-reward")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "how are you ?"},
+                                          {"role": "assistant", "content": "good , you ?"}], tokenize=False)
+    score = pipeline("text-classification", model=folder, function_to_apply="none")(text)[0]["score"]
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert model.config.num_labels == 1
+    direct = model(**tokenizer(text, return_tensors="pt")).logits[0, 0].item()
+    assert abs(score - direct) < 1e-4
+
+
+def test_eval_report_plots_and_model_index(smoke_run):
+    report_dir = smoke_run["runs"] / "smoke" / "eval"
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report["perplexity"]) == {"pretrain", "sft"}
+    assert 0 <= report["reward_model"]["accuracy"] <= 1
+    assert set(report["sft_vs_ppo"]) == {"greedy", "beam"}
+    for plot in ("pretrain_loss.png", "sft_loss.png", "reward_accuracy.png", "ppo_reward_kl.png"):
+        assert plot in report["plots"] and (report_dir / plot).stat().st_size > 1000
+    markdown = (report_dir / "report.md").read_text()
+    assert "## Sample replies" in markdown and "| greedy | ppo |" in markdown
+    card = yaml.safe_load((smoke_run["hub"] / "smoke-sft" / "README.md").read_text().split("---\n")[1])
+    datasets = [r.get("dataset", {}).get("name") for r in card["model-index"][0]["results"]]
+    assert "held-out evaluation" in datasets
+
+
+def test_second_run_skips_finished_stages_and_force_redoes_the_rest(smoke_run):
+    result = run_cli(["pipeline/run.py", "--config", smoke_run["recipe"], "--skip_eval"], check=True)
+    for stage in ("tokenizer", "pretrain", "sft", "reward", "ppo"):
+        assert f"{stage}: skipped" in result.stdout
+    before = (smoke_run["hub"] / "smoke-ppo" / "minichatgpt.json").read_text()
+    result = run_cli(["pipeline/run.py", "--config", smoke_run["recipe"], "--force", "ppo", "--skip_eval"],
+                     check=True)
+    assert "sft: skipped" in result.stdout and "[5/5] ppo: done" in result.stdout
+    assert (smoke_run["hub"] / "smoke-ppo" / "minichatgpt.json").read_text() != before
+    assert list((smoke_run["hub"] / ".revisions" / "smoke-ppo").iterdir())

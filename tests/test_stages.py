@@ -1,0 +1,143 @@
+"""Stage behaviour beyond the happy path: resuming after SIGKILL, two processes, LoRA, reward ranking, PPO guards."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, launch, write_recipe
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from pipeline.common import fit_history, render_prompts
+from pipeline.ppo import prompt_conversations
+
+
+def seed_hub(smoke_run, tmp_path, run_name, *stages):
+    """Copy finished smoke stages into a new hub under `run_name`."""
+    for stage in stages:
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"{run_name}-{stage}")
+
+
+def metrics(tmp_path, name):
+    return json.loads((tmp_path / "hub" / name / "minichatgpt.json").read_text())["metrics"]
+
+
+def run_killed_then_resumed(recipe, script, checkpoint):
+    """Start a stage, SIGKILL it (launcher and worker) once `checkpoint` is complete, then start it again."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--config_file",
+               str(ROOT / "accelerate_config.yaml"), str(ROOT / script), "--config", str(recipe)]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while not (checkpoint / "trainer_state.json").is_file():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+@pytest.mark.parametrize("stage, script, section, steps, hub_suffix", [
+    ("pretrain", "pipeline/pretrain.py", "pretrain", 300, "base"),
+    ("sft", "pipeline/sft.py", "sft", 200, "sft"),
+])
+def test_sigkill_then_restart_resumes_and_matches_an_uninterrupted_run(smoke_run, tmp_path, stage, script, section,
+                                                                       steps, hub_suffix):
+    settings = {"max_steps": steps, "save_steps": steps // 3, "logging_steps": 10, "eval_steps": steps,
+                "save_total_limit": 3}
+    previous = {"pretrain": ("tokenizer",), "sft": ("tokenizer", "base")}[stage]
+    results = {}
+    for name in ("straight", "killed"):
+        seed_hub(smoke_run, tmp_path, name, *previous)
+        recipe = write_recipe(tmp_path / f"{name}.yaml", tmp_path, **{section: settings})
+        if name == "straight":
+            assert launch(script, recipe, "--debug").returncode == 0
+        else:
+            checkpoint = tmp_path / "runs" / name / section / f"checkpoint-{steps // 3}"
+            resumed = run_killed_then_resumed(recipe, script, checkpoint)
+            assert "resuming from" in resumed.stdout
+        results[name] = metrics(tmp_path, f"{name}-{hub_suffix}")
+    assert results["killed"]["train_loss"] == pytest.approx(results["straight"]["train_loss"], abs=0.02)
+    assert results["killed"]["eval_loss"] == pytest.approx(results["straight"]["eval_loss"], abs=0.02)
+
+
+def test_two_processes_both_train_and_one_pushes(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "ddp", "tokenizer")
+    recipe = write_recipe(tmp_path / "ddp.yaml", tmp_path, pretrain={"max_steps": 10, "eval_steps": 10})
+    result = launch("pipeline/pretrain.py", recipe, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 0/2 pretrain summary" in result.stdout and "rank 1/2 pretrain summary" in result.stdout
+    assert result.stdout.count("pushed ") == 1
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hub" / "ddp-base")
+    assert metrics(tmp_path, "ddp-base")["tokens_seen"] == 10 * 8 * 2 * 128
+
+
+def test_lora_sft_pushes_a_merged_model(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "lora", "tokenizer", "base")
+    recipe = write_recipe(tmp_path / "lora.yaml", tmp_path, sft={"use_peft": True, "lora_r": 4, "lora_alpha": 8,
+                                                                 "max_steps": 5})
+    result = launch("pipeline/sft.py", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "hub" / "lora-sft"
+    assert not (folder / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "hub" / "lora-base")
+    assert not merged.transformer.h[0].attn.c_attn.weight.equal(base.transformer.h[0].attn.c_attn.weight)
+    assert "LoRA merged" in (folder / "README.md").read_text()
+
+
+def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than_untrained(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "rm", "tokenizer", "base", "sft")
+    recipe = write_recipe(tmp_path / "rm.yaml", tmp_path, reward={"max_steps": 60, "max_pairs": 960,
+                                                                  "learning_rate": 3e-3})
+    result = launch("pipeline/reward.py", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_kind = json.loads((tmp_path / "hub" / "rm-reward" / "minichatgpt.json").read_text())["per_kind"]
+    assert per_kind["after"]["all"]["accuracy"] > per_kind["before"]["all"]["accuracy"]
+    assert per_kind["after"]["all"]["accuracy"] >= 0.7
+
+
+def test_ppo_prompts_end_at_a_user_turn_and_are_left_padded_for_generation(smoke_run):
+    from datasets import Dataset
+
+    dialogs = Dataset.from_dict({"messages": [[
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]]})
+    prompts = prompt_conversations(dialogs, None)
+    assert [p[-1]["content"] for p in prompts] == ["a", "c"]
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-sft")
+    ids = render_prompts(tokenizer, prompts)
+    assert all(tokenizer.decode(i).endswith("<|end|><|assistant|>") for i in ids)
+    assert tokenizer.padding_side == "right", "the pushed chat tokenizer pads right; PPO switches to left itself"
+
+
+def test_history_is_trimmed_from_the_oldest_turn_keeping_system_and_question(smoke_run):
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-sft")
+    messages = [{"role": "system", "content": "sys"}] + [
+        {"role": "user" if i % 2 == 0 else "assistant", "content": f"turn {i} " * 5} for i in range(9)]
+    full, dropped = fit_history(tokenizer, messages, None)
+    ids, dropped = fit_history(tokenizer, messages, len(full) - 5)
+    text = tokenizer.decode(ids)
+    assert dropped >= 1 and text.startswith("<|system|>sys") and "turn 8" in text and "turn 0" not in text
+
+
+def test_non_finite_reward_stops_ppo_and_pushes_nothing(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "nan", "tokenizer", "base", "sft")
+    reward = AutoModelForSequenceClassification.from_pretrained(smoke_run["hub"] / "smoke-reward")
+    with torch.no_grad():
+        reward.score.weight.fill_(float("nan"))
+    reward.save_pretrained(tmp_path / "hub" / "nan-reward")
+    AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-reward").save_pretrained(tmp_path / "hub" / "nan-reward")
+    recipe = write_recipe(tmp_path / "nan.yaml", tmp_path)
+    result = launch("pipeline/ppo.py", recipe)
+    assert result.returncode != 0
+    assert "non-finite" in result.stderr and "nothing pushed" in result.stderr
+    assert not (tmp_path / "hub" / "nan-ppo").exists()

@@ -1,0 +1,1 @@
+"""Tokenizer stage: `python tokenizer/train.py --config <recipe>`."""
