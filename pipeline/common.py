@@ -105,13 +105,17 @@ def is_main_process() -> bool:
 
 
 def trainer_defaults(**stage_defaults) -> dict:
-    """Training settings that depend on the machine: bf16 on GPUs that have it, TensorBoard when installed."""
+    """Training settings that depend on the machine: bf16 on GPUs that have it, CPU mode without an accelerator,
+    TensorBoard when installed."""
     import importlib.util
 
     import torch
 
     defaults = dict(stage_defaults)
     defaults.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    # Without an accelerator, Trainer only runs several processes as DDP (gloo) when told it is on the CPU.
+    defaults.setdefault("use_cpu", not torch.accelerator.is_available())
+    defaults.setdefault("ddp_find_unused_parameters", False)
     if importlib.util.find_spec("tensorboard") is not None:
         defaults.setdefault("report_to", ["tensorboard"])
     return defaults

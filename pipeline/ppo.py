@@ -9,7 +9,13 @@ import math
 import time
 
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    TrainerCallback,
+    set_seed,
+)
 from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
@@ -133,6 +139,10 @@ def main(recipe, overrides):
                             "train the reward model from this run's SFT model")
     tokenizer.padding_side = "left"
     policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)
+    # Rollouts must sample from the policy's plain distribution: the chat defaults (repetition penalty, top-p) would
+    # make the sampled log-probs disagree with the training forward pass and bias the ratio and the KL.
+    policy.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                                pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
     ref_policy = load_model(sft_path, AutoModelForCausalLM, "SFT model")
     reward_model = load_model(reward_path, AutoModelForSequenceClassification, "reward model", tokenizer=tokenizer,
                               num_labels=1)

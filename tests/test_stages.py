@@ -96,13 +96,17 @@ def test_lora_sft_pushes_a_merged_model(smoke_run, tmp_path):
 
 def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than_untrained(smoke_run, tmp_path):
     seed_hub(smoke_run, tmp_path, "rm", "tokenizer", "base", "sft")
-    recipe = write_recipe(tmp_path / "rm.yaml", tmp_path, reward={"max_steps": 60, "max_pairs": 960,
-                                                                  "learning_rate": 3e-3})
+    degraded = ["truncated", "shuffled", "looped", "generic"]
+    recipe = write_recipe(tmp_path / "rm.yaml", tmp_path, data={"max_eval_examples": 100},
+                          reward={"max_steps": 100, "max_pairs": 1600, "learning_rate": 3e-3,
+                                  "rejected_kinds": degraded})
     result = launch("pipeline/reward.py", recipe)
     assert result.returncode == 0, result.stderr[-3000:]
     per_kind = json.loads((tmp_path / "hub" / "rm-reward" / "minichatgpt.json").read_text())["per_kind"]
-    assert per_kind["after"]["all"]["accuracy"] > per_kind["before"]["all"]["accuracy"]
-    assert per_kind["after"]["all"]["accuracy"] >= 0.7
+    assert per_kind["after"]["all"]["pairs"] >= 60
+    assert set(per_kind["after"]) <= {"all", *degraded, "other_conversation"}
+    assert per_kind["after"]["all"]["accuracy"] >= per_kind["before"]["all"]["accuracy"] + 0.05
+    assert per_kind["after"]["all"]["margin"] > 0.05 > abs(per_kind["before"]["all"]["margin"])
 
 
 def test_ppo_prompts_end_at_a_user_turn_and_are_left_padded_for_generation(smoke_run):
