@@ -28,8 +28,6 @@ from pipeline.hub import read_metadata
 
 logger = logging.getLogger("minichatgpt.eval")
 
-CONTEXT_TURNS = 4
-
 
 def text_perplexity(model_dir, texts) -> float:
     return load_metric("perplexity").compute(predictions=texts, model_id=str(model_dir))["perplexity"]
@@ -103,7 +101,9 @@ def main(recipe, overrides):
     _, held_out_text = split_eval(load_text(data_args), data_args)
     texts = list(held_out_text["text"])[: args.max_prompts]
     _, held_out_dialogs = split_eval(load_dialogs(data_args), data_args)
-    pairs = prompt_reply_pairs(held_out_dialogs["messages"], CONTEXT_TURNS - 1)[: args.max_prompts]
+    ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
+    reward_args, _ = recipe.parse("reward", defaults=trainer_defaults())
+    pairs = prompt_reply_pairs(held_out_dialogs["messages"], ppo_args.context_turns)[: args.max_prompts]
     prompts = [history for history, _ in pairs]
     tokenizer = load_tokenizer(paths["sft"], "SFT model's tokenizer")
 
@@ -113,9 +113,8 @@ def main(recipe, overrides):
         for stage in ("pretrain", "sft")
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
-    reward_args, _ = recipe.parse("reward", defaults=trainer_defaults())
     eval_pairs = build_preference_pairs(held_out_dialogs["messages"], reward_args.rejected_kinds,
-                                        reward_args.rejected_weights, data_args.split_seed, CONTEXT_TURNS,
+                                        reward_args.rejected_weights, data_args.split_seed, reward_args.context_turns,
                                         args.max_prompts * 2)
     chosen = score_conversations(reward_model, tokenizer, [p + c for p, c in zip(eval_pairs["prompt"],
                                                                                  eval_pairs["chosen"])])
@@ -126,7 +125,7 @@ def main(recipe, overrides):
     context = load_model(paths["sft"], AutoModelForCausalLM, "SFT model").config.max_position_embeddings
     budget = context - args.max_new_tokens
     strategies = {
-        "greedy": {"do_sample": False},
+        "greedy": {"do_sample": False, "repetition_penalty": 1.0},
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
     }
     replies, policies = {}, {}

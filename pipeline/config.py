@@ -16,6 +16,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from trl import ModelConfig, RewardConfig, SFTConfig
 
 from pipeline.errors import PipelineError
+from pipeline.hub import check_name, hub_path
 
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
 
@@ -96,11 +97,15 @@ class RewardArguments:
         default=None, metadata={"help": "Mix of rejected_kinds (same order); default: equal."}
     )
     max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs."})
+    context_turns: int = field(
+        default=2, metadata={"help": "Turns before the reply that the reward model sees; the last is the user's."}
+    )
 
 
 @dataclass
 class PPOArguments:
     max_prompt_length: int = field(default=96, metadata={"help": "Prompt tokens kept (oldest turns dropped first)."})
+    context_turns: int = field(default=3, metadata={"help": "Turns of conversation in a prompt, ending at a user's."})
     max_prompts: int | None = field(default=None, metadata={"help": "Cap on training prompts."})
     compare_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the final SFT vs PPO comparison."})
     guard_prompts: int = field(default=8, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
@@ -197,8 +202,6 @@ class Recipe:
         return f"{self.run_name}-{'base' if stage == 'pretrain' else stage}"
 
     def hub_path(self, stage: str) -> Path:
-        from pipeline.hub import hub_path
-
         return hub_path(self.run.hub_dir, self.hub_name(stage))
 
     def output_dir(self, stage: str) -> str:
@@ -230,10 +233,12 @@ class Recipe:
         data_argv, section_argv = _split_argv(overrides, _known_keys("data"))
         return (*self.parse("data", data_argv), *self.parse(section, section_argv, defaults))
 
-    def fingerprint(self, stage: str) -> str:
-        """What a stage's result depends on: its own section and the shared ones (used to skip finished stages)."""
+    def fingerprint(self, stage: str, overrides: list[str] = ()) -> str:
+        """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran
+        with (used to skip finished stages)."""
         shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")}
-        return json.dumps({"shared": shared, stage: self.sections.get(stage)}, sort_keys=True, default=str)
+        return json.dumps({"shared": shared, stage: self.sections.get(stage), "overrides": list(overrides)},
+                          sort_keys=True, default=str)
 
 
 def load_recipe(path: str | os.PathLike) -> Recipe:
@@ -273,8 +278,6 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
     run = RecipeArguments(**top)
     if not run.run_name:
         run.run_name = path.stem
-    from pipeline.hub import check_name
-
     check_name(run.run_name, what=f"{path}: run_name")
     recipe = Recipe(path=path, run=run, sections=sections)
     _check_model_shape(recipe)

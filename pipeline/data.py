@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, concatenate_datasets, load_dataset, load_from_disk
+from datasets import Dataset, load_dataset, load_from_disk
 
 from pipeline.errors import PipelineError
 
@@ -132,7 +132,8 @@ def _hub_dataset(spec: str):
     try:
         return load_dataset(name, config or None, split="train")
     except Exception as err:  # noqa: BLE001 - any hub/offline failure becomes one line
-        raise PipelineError(f"hub:{spec}: could not load from the hub ({type(err).__name__}: {err}); "
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise PipelineError(f"hub:{spec}: could not load from the hub ({type(err).__name__}: {reason}); "
                             "needs internet, or use a local file") from None
 
 
@@ -193,16 +194,23 @@ def _text_documents(source: str, args) -> list[str]:
     return documents
 
 
+def _gather(sources: list[str], read, args, setting: str, empty: str) -> list:
+    """What `read(source, args)` gives for every source, capped per source; an empty source is an error."""
+    if not sources:
+        raise PipelineError(f"data.{setting} is empty; name at least one source")
+    items = []
+    for source in sources:
+        found = _limit(read(source, args), args.max_documents_per_source)
+        if not found:
+            raise PipelineError(f"{source}: {empty}")
+        items.extend(found)
+    return items
+
+
 def load_text(args) -> Dataset:
     """All text sources as one dataset with a `text` column."""
-    if not args.text_sources:
-        raise PipelineError("data.text_sources is empty; name at least one text source")
-    documents = []
-    for source in args.text_sources:
-        docs = _limit(_text_documents(source, args), args.max_documents_per_source)
-        if not docs:
-            raise PipelineError(f"{source}: no text found (empty file or everything filtered out)")
-        documents.extend(docs)
+    documents = _gather(args.text_sources, _text_documents, args, "text_sources",
+                        "no text found (empty file or everything filtered out)")
     return Dataset.from_dict({"text": documents})
 
 
@@ -336,14 +344,8 @@ def _dialog_conversations(source: str, args) -> list[list[dict]]:
 
 def load_dialogs(args) -> Dataset:
     """All dialog sources as one dataset with a `messages` column."""
-    if not args.dialog_sources:
-        raise PipelineError("data.dialog_sources is empty; name at least one dialog source")
-    conversations = []
-    for source in args.dialog_sources:
-        convs = _limit(_dialog_conversations(source, args), args.max_documents_per_source)
-        if not convs:
-            raise PipelineError(f"{source}: no usable conversations (empty, or every row was malformed)")
-        conversations.extend(convs)
+    conversations = _gather(args.dialog_sources, _dialog_conversations, args, "dialog_sources",
+                            "no usable conversations (empty, or every row was malformed)")
     return Dataset.from_dict({"messages": conversations})
 
 
@@ -499,7 +501,3 @@ def load_preferences(args) -> Dataset:
     if not rows["prompt"]:
         raise PipelineError(f"{args.preference_sources}: no usable preference rows")
     return Dataset.from_dict(rows)
-
-
-def concat(datasets: list[Dataset]) -> Dataset:
-    return datasets[0] if len(datasets) == 1 else concatenate_datasets(datasets)

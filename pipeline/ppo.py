@@ -37,12 +37,10 @@ from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.ppo")
 
-CONTEXT_TURNS = 4
 
-
-def prompt_conversations(dialogs, limit: int | None) -> list[list[dict]]:
-    """Conversation prefixes that end at a user turn followed by an assistant reply."""
-    prompts = [history for history, _ in prompt_reply_pairs(dialogs["messages"], CONTEXT_TURNS - 1)]
+def prompt_conversations(dialogs, context_turns: int, limit: int | None) -> list[list[dict]]:
+    """Conversation prefixes of at most `context_turns` turns that end at a user turn followed by a reply."""
+    prompts = [history for history, _ in prompt_reply_pairs(dialogs["messages"], context_turns)]
     return prompts if limit is None else prompts[:limit]
 
 
@@ -54,7 +52,7 @@ class RLHFGuards(TrainerCallback):
         self.tokenizer, self.prompts, self.max_kl = tokenizer, prompts, max_kl
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.distinct = load_metric("distinct_n")
-        self.history, self.warnings = [], []
+        self.history, self.warnings = [], {}
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not logs or "objective/scores" not in logs:
@@ -67,7 +65,7 @@ class RLHFGuards(TrainerCallback):
             raise PipelineError(f"PPO step {state.global_step}: KL to the SFT policy {logs['objective/kl']:.2f} > "
                                 f"ppo.max_kl={self.max_kl}; stopped, nothing pushed (raise kl_coef)")
         replies = generate_replies(model.policy, self.tokenizer, self.prompts, max_prompt_tokens=self.max_prompt_tokens,
-                                   do_sample=False, max_new_tokens=self.max_new_tokens,
+                                   do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens,
                                    eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
         row = {
             "step": state.global_step,
@@ -81,17 +79,23 @@ class RLHFGuards(TrainerCallback):
         self.history.append(row)
         logs.update({f"guard/{k}": v for k, v in row.items() if k not in ("step", "score", "kl")})
         if row["score"] > first["score"] and row["distinct_2"] < 0.9 * first["distinct_2"]:
-            self._warn(state, f"reward up ({first['score']:.3f} -> {row['score']:.3f}) while distinct-2 fell "
-                              f"({first['distinct_2']:.3f} -> {row['distinct_2']:.3f}): possible reward hacking")
+            self._warn(state, "possible reward hacking",
+                       f"reward up ({first['score']:.3f} -> {row['score']:.3f}) while distinct-2 of the replies fell "
+                       f"({first['distinct_2']:.3f} -> {row['distinct_2']:.3f})")
         if row["unique_replies"] <= 0.5 < first["unique_replies"]:
-            self._warn(state, f"replies to {len(replies)} different prompts collapsed to "
-                              f"{len(set(replies))} distinct strings")
+            self._warn(state, "collapse", f"replies to {len(replies)} different prompts collapsed to "
+                                          f"{len(set(replies))} distinct strings")
 
-    def _warn(self, state, message):
-        message = f"step {state.global_step}: {message}"
-        if message not in self.warnings:
-            self.warnings.append(message)
-            logger.warning(message)
+    def _warn(self, state, kind: str, message: str):
+        """Log a kind of warning the first time it shows; count how often it shows again."""
+        if kind not in self.warnings:
+            logger.warning(f"PPO step {state.global_step}: {kind}: {message}")
+            self.warnings[kind] = {"first_step": state.global_step, "first": message, "logs": 0}
+        self.warnings[kind]["logs"] += 1
+
+    def warning_lines(self) -> list[str]:
+        return [f"{kind}: first at step {w['first_step']} ({w['first']}); seen at {w['logs']} of "
+                f"{len(self.history)} logs" for kind, w in self.warnings.items()]
 
     def kl_trend(self) -> str:
         if len(self.history) < 2:
@@ -102,8 +106,8 @@ class RLHFGuards(TrainerCallback):
 
 def compare(sft, ppo, reward_model, tokenizer, prompts, max_prompt_tokens, max_new_tokens) -> tuple[dict, list]:
     """SFT vs PPO replies (greedy) to held-out prompts, judged by the reward model."""
-    settings = {"do_sample": False, "max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
-                "pad_token_id": tokenizer.pad_token_id}
+    settings = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": max_new_tokens,
+                "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     replies = {name: generate_replies(model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens, **settings)
                for name, model in (("sft", sft), ("ppo", ppo))}
     scores = {name: score_conversations(reward_model, tokenizer,
@@ -125,7 +129,7 @@ def main(recipe, overrides):
     data_args, stage_args, config = recipe.parse_stage(
         "ppo", overrides,
         defaults=trainer_defaults(stop_token="eos", missing_eos_penalty=1.0, num_sample_generations=0,
-                                  learning_rate=1e-5, kl_coef=0.05, temperature=0.7, response_length=32,
+                                  learning_rate=1e-5, kl_coef=0.05, temperature=1.0, response_length=32,
                                   save_strategy="no", logging_steps=1),
     )
     set_seed(config.seed)
@@ -154,8 +158,8 @@ def main(recipe, overrides):
                             f"prompt in the model's context of {context} tokens")
 
     train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args), data_args)
-    train_prompts = prompt_conversations(train_dialogs, stage_args.max_prompts)
-    eval_prompts = prompt_conversations(eval_dialogs, stage_args.compare_prompts)
+    train_prompts = prompt_conversations(train_dialogs, stage_args.context_turns, stage_args.max_prompts)
+    eval_prompts = prompt_conversations(eval_dialogs, stage_args.context_turns, stage_args.compare_prompts)
     if not train_prompts or not eval_prompts:
         raise PipelineError("no prompts: the dialogs have no user turn followed by an assistant reply")
     train_set = Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)})
@@ -180,6 +184,7 @@ def main(recipe, overrides):
     wall = time.time() - start
 
     policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    policy.generation_config = chat_generation_config(tokenizer)
     comparison, samples = compare(ref_policy, policy, reward_model, tokenizer, eval_prompts, max_prompt_tokens,
                                   config.response_length)
     logged = [row for row in trainer.state.log_history if "objective/kl" in row]
@@ -191,13 +196,12 @@ def main(recipe, overrides):
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     print("ppo summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    for warning in guards.warnings:
-        print(f"guard: {warning}")
+    for line in guards.warning_lines():
+        print(f"guard: {line}")
     if not trainer.is_world_process_zero():
         return
 
     def write(folder):
-        policy.generation_config = chat_generation_config(tokenizer)
         policy.save_pretrained(folder)
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(folder)
@@ -205,7 +209,7 @@ def main(recipe, overrides):
                     folder / "ppo_curve.png", f"{recipe.hub_name('ppo')} PPO")
 
     sample_rows = "\n".join(f"| {p} | {s} | {q} |" for p, s, q in samples[:8])
-    guard_lines = "\n".join(f"- {w}" for w in guards.warnings) or "- none raised"
+    guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
     name = recipe.hub_name("ppo")
     body = f"""# {name}
 
@@ -235,7 +239,7 @@ KL trend: {guards.kl_trend()}. Warnings:
                   metadata={"stage": "ppo", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "guards": {"history": guards.history, "warnings": guards.warnings},
-                            "samples": samples, "fingerprint": recipe.fingerprint("ppo")},
+                            "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},
                   card_body=body,
                   card_metadata=card_metadata(str(sft_path), data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation"))

@@ -220,7 +220,7 @@ with the tokenizer `{recipe.hub_name('tokenizer')}`.
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "pretrain", "parent": recipe.hub_name("tokenizer"), "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
-                            "fingerprint": recipe.fingerprint("pretrain")},
+                            "fingerprint": recipe.fingerprint("pretrain", overrides)},
                   card_body=body,
                   card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"))
     print(f"pushed {target}")

@@ -25,8 +25,6 @@ from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.reward")
 
-CONTEXT_TURNS = 4
-
 
 def pairwise_report(model, tokenizer, pairs) -> dict:
     """Accuracy (chosen scored above rejected) and mean margin, overall and per rejected kind."""
@@ -65,9 +63,9 @@ def main(recipe, overrides):
         train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args), data_args)
         kinds, weights = stage_args.rejected_kinds, stage_args.rejected_weights
         train_pairs = build_preference_pairs(train_dialogs["messages"], kinds, weights, training_args.seed,
-                                             CONTEXT_TURNS, stage_args.max_pairs)
+                                             stage_args.context_turns, stage_args.max_pairs)
         eval_pairs = build_preference_pairs(eval_dialogs["messages"], kinds, weights, training_args.seed + 1,
-                                            CONTEXT_TURNS, data_args.max_eval_examples)
+                                            stage_args.context_turns, data_args.max_eval_examples)
         how = (f"built from the training split of {', '.join(data_args.dialog_sources)}: chosen = the real reply, "
                f"rejected = one of {', '.join(kinds)} (weights {weights or 'equal'})")
     print(f"reward data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
@@ -139,7 +137,7 @@ print(score(text)[0]["score"])
                   metadata={"stage": "reward", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "per_kind": {"before": before, "after": after},
                             "log_history": trainer.state.log_history, "pairs": how,
-                            "fingerprint": recipe.fingerprint("reward")},
+                            "fingerprint": recipe.fingerprint("reward", overrides)},
                   card_body=body,
                   card_metadata=card_metadata(str(sft_path), data_args.preference_sources or data_args.dialog_sources,
                                               recipe.path, metrics, "text-classification"))

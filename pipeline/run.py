@@ -63,12 +63,15 @@ def main():
 
     stages = STAGES + (() if args.skip_eval else ("eval",))
     rerun_from = stages.index(args.force) if args.force else len(stages)
-    summary, upstream_changed, total_start = [], False, time.time()
+    summary, upstream_changed, total_start, newest_upstream = [], False, time.time(), ""
     for number, stage in enumerate(stages, start=1):
         tag = f"[{number}/{len(stages)}] {stage}"
         hub_folder = recipe.hub_path(stage) if stage != "eval" else Path(recipe.output_dir("eval")) / "report.md"
         meta = read_metadata(hub_folder) if stage != "eval" else {}
-        up_to_date = meta.get("fingerprint") == recipe.fingerprint(stage) if stage != "eval" else False
+        # Up to date: made from these recipe settings, without overrides, after every stage it builds on.
+        up_to_date = (stage != "eval" and meta.get("fingerprint") == recipe.fingerprint(stage)
+                      and meta.get("created", "") >= newest_upstream)
+        newest_upstream = max(newest_upstream, meta.get("created", ""))
         forced = number - 1 >= rerun_from
         if up_to_date and not forced and not upstream_changed:
             print(f"{tag}: skipped, {hub_folder} is up to date with {recipe.path}", flush=True)

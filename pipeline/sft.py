@@ -126,7 +126,7 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
                   metadata={"stage": "sft", "parent": base_path.rstrip("/").split("/")[-1], "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "samples": dict(zip(stage_args.sample_prompts, samples)),
-                            "fingerprint": recipe.fingerprint("sft")},
+                            "fingerprint": recipe.fingerprint("sft", overrides)},
                   card_body=body,
                   card_metadata=card_metadata(base_path, data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation"))

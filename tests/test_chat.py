@@ -2,9 +2,11 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -34,7 +36,7 @@ def test_one_shot_prompt_with_beam_search(chat_model):
 def test_interactive_two_turns_keep_history_and_trim_when_full(chat_model):
     _, _, folder = chat_model
     turns = "hi there , how are you today ?\nwhat do you like to do on weekends ?\n/settings\n/reset\n/quit\n"
-    result = subprocess.run(["python", "pipeline/chat.py", "--model", str(folder), "--strategy", "greedy",
+    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--strategy", "greedy",
                              "--max_new_tokens", "90"], input=turns, capture_output=True, text=True, cwd=ROOT,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -45,7 +47,7 @@ def test_interactive_two_turns_keep_history_and_trim_when_full(chat_model):
 
 def test_end_of_input_exits_cleanly(chat_model):
     _, _, folder = chat_model
-    result = subprocess.run(["python", "pipeline/chat.py", "--model", str(folder)], input="", capture_output=True,
+    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder)], input="", capture_output=True,
                             text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0 and "Traceback" not in result.stderr
 
@@ -95,16 +97,18 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_transformers_serve_answers_an_openai_chat_request(chat_model):
+def test_transformers_serve_answers_an_openai_chat_request(chat_model, tmp_path):
     _, _, folder = chat_model
     port = free_port()
-    server = subprocess.Popen(["transformers", "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
-                               "--device", "cpu"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    cli = Path(sys.executable).parent / "transformers"
+    log = (tmp_path / "serve.log").open("w")
+    server = subprocess.Popen([str(cli), "serve", str(folder), "--host", "127.0.0.1", "--port", str(port),
+                               "--device", "cpu"], stdout=log, stderr=subprocess.STDOUT,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.time() + 120
         while True:
-            assert server.poll() is None, server.stderr.read()[-2000:]
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
             assert time.time() < deadline, "server did not start"
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
@@ -123,3 +127,4 @@ def test_transformers_serve_answers_an_openai_chat_request(chat_model):
     finally:
         server.terminate()
         server.wait(timeout=30)
+        log.close()

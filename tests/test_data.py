@@ -233,3 +233,21 @@ def test_prompt_reply_pairs_end_at_user_turns():
             {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]
     pairs = prompt_reply_pairs([conv], max_context_turns=2)
     assert pairs == [(conv[:1], "b"), (conv[1:3], "d")]
+
+
+def test_csv_with_a_named_text_column_and_save_to_disk_folder(tmp_path):
+    from datasets import Dataset
+
+    (tmp_path / "t.csv").write_text("id,body\n1,first row\n2,second row\n", encoding="utf-8")
+    args = data_args(text_sources=[str(tmp_path / "t.csv")], text_column="body")
+    assert load_text(args)["text"] == ["first row", "second row"]
+    Dataset.from_dict({"body": ["saved"]}).save_to_disk(str(tmp_path / "saved"))
+    args = data_args(text_sources=[f"disk:{tmp_path / 'saved'}"], text_column="body")
+    assert load_text(args)["text"] == ["saved"]
+    with pytest.raises(PipelineError, match="no 'text' column"):
+        load_text(data_args(text_sources=[f"disk:{tmp_path / 'saved'}"]))
+
+
+def test_hub_sources_fail_with_one_line_when_offline():
+    with pytest.raises(PipelineError, match="hub:no-such/dataset: could not load from the hub"):
+        load_text(data_args(text_sources=["hub:no-such/dataset"]))

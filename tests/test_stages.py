@@ -115,7 +115,7 @@ def test_ppo_prompts_end_at_a_user_turn_and_are_left_padded_for_generation(smoke
     dialogs = Dataset.from_dict({"messages": [[
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]]})
-    prompts = prompt_conversations(dialogs, None)
+    prompts = prompt_conversations(dialogs, 3, None)
     assert [p[-1]["content"] for p in prompts] == ["a", "c"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-sft")
     ids = render_prompts(tokenizer, prompts)

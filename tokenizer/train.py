@@ -106,7 +106,7 @@ Special tokens: {', '.join(f'`{t}`' for t in SPECIAL_TOKENS)}. The chat template
         name,
         tokenizer.save_pretrained,
         metadata={"stage": "tokenizer", "parent": None, "recipe": str(recipe.path), "metrics": metrics,
-                  "fingerprint": recipe.fingerprint("tokenizer")},
+                  "fingerprint": recipe.fingerprint("tokenizer", overrides)},
         card_body=body,
         card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"),
     )
