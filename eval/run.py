@@ -23,7 +23,7 @@ from pipeline.common import (
     score_conversations,
     trainer_defaults,
 )
-from pipeline.data import build_preference_pairs, load_dialogs, load_text, prompt_reply_pairs, split_eval
+from pipeline.data import load_dialogs, load_text, preference_splits, prompt_reply_pairs, split_eval
 from pipeline.hub import read_metadata
 
 logger = logging.getLogger("minichatgpt.eval")
@@ -102,7 +102,7 @@ def main(recipe, overrides):
     texts = list(held_out_text["text"])[: args.max_prompts]
     _, held_out_dialogs = split_eval(load_dialogs(data_args), data_args)
     ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
-    reward_args, _ = recipe.parse("reward", defaults=trainer_defaults())
+    reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
     pairs = prompt_reply_pairs(held_out_dialogs["messages"], ppo_args.context_turns)[: args.max_prompts]
     prompts = [history for history, _ in pairs]
     tokenizer = load_tokenizer(paths["sft"], "SFT model's tokenizer")
@@ -113,9 +113,8 @@ def main(recipe, overrides):
         for stage in ("pretrain", "sft")
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
-    eval_pairs = build_preference_pairs(held_out_dialogs["messages"], reward_args.rejected_kinds,
-                                        reward_args.rejected_weights, data_args.split_seed, reward_args.context_turns,
-                                        args.max_prompts * 2)
+    _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
+                                         reward_args.context_turns, reward_config.seed, reward_args.max_pairs)
     chosen = score_conversations(reward_model, tokenizer, [p + c for p, c in zip(eval_pairs["prompt"],
                                                                                  eval_pairs["chosen"])])
     rejected = score_conversations(reward_model, tokenizer, [p + r for p, r in zip(eval_pairs["prompt"],

@@ -501,3 +501,19 @@ def load_preferences(args) -> Dataset:
     if not rows["prompt"]:
         raise PipelineError(f"{args.preference_sources}: no usable preference rows")
     return Dataset.from_dict(rows)
+
+
+def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
+                      max_pairs: int | None) -> tuple[Dataset, Dataset, str]:
+    """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
+    some, else pairs built from each split of the dialogs (held-out pairs with the data's split seed)."""
+    if args.preference_sources:
+        train, held_out = split_eval(load_preferences(args), args)
+        return train, held_out, f"human preferences from {', '.join(args.preference_sources)}"
+    train_dialogs, eval_dialogs = split_eval(load_dialogs(args), args)
+    train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
+    held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
+                                      args.max_eval_examples)
+    how = (f"built from the training split of {', '.join(args.dialog_sources)}: chosen = the real reply, rejected = "
+           f"one of {', '.join(kinds)} (weights {weights or 'equal'})")
+    return train, held_out, how

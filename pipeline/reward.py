@@ -20,7 +20,7 @@ from pipeline.common import (
     score_conversations,
     trainer_defaults,
 )
-from pipeline.data import build_preference_pairs, load_dialogs, load_preferences, split_eval
+from pipeline.data import preference_splits
 from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.reward")
@@ -56,18 +56,9 @@ def main(recipe, overrides):
     training_args.max_length = fit_context(recipe, "reward", training_args.max_length,
                                            model.config.max_position_embeddings)
 
-    if data_args.preference_sources:
-        train_pairs, eval_pairs = split_eval(load_preferences(data_args), data_args)
-        how = f"human preferences from {', '.join(data_args.preference_sources)}"
-    else:
-        train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args), data_args)
-        kinds, weights = stage_args.rejected_kinds, stage_args.rejected_weights
-        train_pairs = build_preference_pairs(train_dialogs["messages"], kinds, weights, training_args.seed,
-                                             stage_args.context_turns, stage_args.max_pairs)
-        eval_pairs = build_preference_pairs(eval_dialogs["messages"], kinds, weights, training_args.seed + 1,
-                                            stage_args.context_turns, data_args.max_eval_examples)
-        how = (f"built from the training split of {', '.join(data_args.dialog_sources)}: chosen = the real reply, "
-               f"rejected = one of {', '.join(kinds)} (weights {weights or 'equal'})")
+    train_pairs, eval_pairs, how = preference_splits(data_args, stage_args.rejected_kinds,
+                                                     stage_args.rejected_weights, stage_args.context_turns,
+                                                     training_args.seed, stage_args.max_pairs)
     print(f"reward data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
     before = pairwise_report(model, tokenizer, eval_pairs)

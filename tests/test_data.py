@@ -251,3 +251,16 @@ def test_csv_with_a_named_text_column_and_save_to_disk_folder(tmp_path):
 def test_hub_sources_fail_with_one_line_when_offline():
     with pytest.raises(PipelineError, match="hub:no-such/dataset: could not load from the hub"):
         load_text(data_args(text_sources=["hub:no-such/dataset"]))
+
+
+def test_text_longer_than_the_context_is_packed_not_refused():
+    from datasets import Dataset
+
+    from pipeline.pretrain import pack_blocks
+    from tokenizer.train import train_tokenizer
+
+    tokenizer = train_tokenizer(["a few words of text"] * 20, vocab_size=300, min_frequency=1)
+    long_document = " ".join(f"word{i}" for i in range(400))
+    blocks = pack_blocks(Dataset.from_dict({"text": [long_document, "short"]}), tokenizer, 32, None)
+    assert len(blocks) > 10 and all(len(b) == 32 for b in blocks["input_ids"])
+    assert blocks["input_ids"] == blocks["labels"]

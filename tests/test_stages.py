@@ -45,6 +45,7 @@ def run_killed_then_resumed(recipe, script, checkpoint):
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, script, section, steps, hub_suffix", [
     ("pretrain", "pipeline/pretrain.py", "pretrain", 300, "base"),
     ("sft", "pipeline/sft.py", "sft", 200, "sft"),
