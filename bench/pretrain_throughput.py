@@ -103,7 +103,7 @@ def bench_pipeline(shape, steps, warmup, bf16, compile_model, tmp_dir):
                                                    n_head=shape["n_head"], n_positions=shape["n_positions"],
                                                    dropout=0.0), pad_to=64)
     blocks = torch.randint(0, shape["vocab"], ((warmup + steps) * shape["batch"], shape["n_positions"]))
-    data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}).with_format("torch")
     args = TrainingArguments(output_dir=tmp_dir, max_steps=warmup + steps, per_device_train_batch_size=shape["batch"],
                              learning_rate=3e-4, lr_scheduler_type="cosine", bf16=bf16, torch_compile=compile_model,
                              logging_steps=10**9, save_strategy="no", report_to=[], disable_tqdm=True,
