@@ -123,6 +123,8 @@ def build_model(tokenizer, shape, pad_to: int) -> GPT2LMHeadModel:
         resid_pdrop=shape.dropout,
         embd_pdrop=shape.dropout,
         attn_pdrop=shape.dropout,
+        # GPT-2's tanh GELU, computed by one fused kernel instead of the Python formula of "gelu_new".
+        activation_function="gelu_pytorch_tanh",
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
