@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -101,19 +100,6 @@ def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None
     return math.exp(loss) if loss < 50 else float("inf")
-
-
-class Timer:
-    def __enter__(self):
-        self.start = time.time()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.time() - self.start
-
-
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def trainer_defaults(**stage_defaults) -> dict:
