@@ -147,6 +147,12 @@ def plot_curves(log_history: list[dict], series: dict[str, str], path: Path, tit
     return path
 
 
+def last_logged(log_history: list[dict], key: str, default: float | None = None) -> float | None:
+    """The last value a trainer logged under `key`, or `default` when it logged none."""
+    values = [row[key] for row in log_history if key in row]
+    return values[-1] if values else default
+
+
 def last_checkpoint(output_dir: str) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 

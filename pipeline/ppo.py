@@ -22,6 +22,7 @@ from eval.metrics import load_metric
 from pipeline.common import (
     chat_generation_config,
     generate_replies,
+    last_logged,
     load_model,
     load_tokenizer,
     metrics_table,
@@ -187,10 +188,10 @@ def main(recipe, overrides):
     policy.generation_config = chat_generation_config(tokenizer)
     comparison, samples = compare(ref_policy, policy, reward_model, tokenizer, eval_prompts, max_prompt_tokens,
                                   config.response_length)
-    logged = [row for row in trainer.state.log_history if "objective/kl" in row]
+    final_kl = last_logged(trainer.state.log_history, "objective/kl")
     metrics = {
         **comparison,
-        "final_kl": round(logged[-1]["objective/kl"], 4) if logged else None,
+        "final_kl": round(final_kl, 4) if final_kl is not None else None,
         "episodes": trainer.state.episode,
         "wall_seconds": round(wall, 1),
     }

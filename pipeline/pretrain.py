@@ -21,6 +21,7 @@ from transformers import (
 
 from pipeline.common import (
     last_checkpoint,
+    last_logged,
     load_tokenizer,
     metrics_table,
     perplexity,
@@ -184,7 +185,7 @@ def main(recipe, overrides):
     eval_loss = trainer.evaluate()["eval_loss"] if eval_blocks is not None else None
 
     metrics = {
-        "train_loss": round(_last_logged(trainer.state.log_history, "loss", result.training_loss), 4),
+        "train_loss": round(last_logged(trainer.state.log_history, "loss", result.training_loss), 4),
         "eval_loss": round(eval_loss, 4) if eval_loss is not None else None,
         "eval_perplexity": round(perplexity(eval_loss), 2) if eval_loss is not None else None,
         "tokens_seen": trainer.state.global_step * tokens_per_step,
@@ -226,11 +227,6 @@ with the tokenizer `{recipe.hub_name('tokenizer')}`.
                   card_body=body,
                   card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"))
     print(f"pushed {target}")
-
-
-def _last_logged(log_history, key, fallback):
-    values = [row[key] for row in log_history if key in row]
-    return values[-1] if values else fallback
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pipeline.common import (
     fit_context,
     generate_replies,
     last_checkpoint,
+    last_logged,
     load_model,
     load_tokenizer,
     metrics_table,
@@ -82,9 +83,9 @@ def main(recipe, overrides):
         model = model.merge_and_unload()
     model.generation_config = chat_generation_config(tokenizer)
     samples = generate_replies(model, tokenizer, sample_conversations, max_prompt_tokens=context - 32, **greedy)
-    train_losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    train_loss = last_logged(trainer.state.log_history, "loss")
     metrics = {
-        "train_loss": round(train_losses[-1], 4) if train_losses else None,
+        "train_loss": round(train_loss, 4) if train_loss is not None else None,
         "eval_loss_before": round(before, 4),
         "eval_loss": round(after, 4),
         "eval_reply_perplexity_before": round(perplexity(before), 2),
