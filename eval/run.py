@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 import yaml
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from eval.metrics import load_metric
 from pipeline.common import (
@@ -23,8 +23,9 @@ from pipeline.common import (
     score_conversations,
     trainer_defaults,
 )
-from pipeline.data import load_dialogs, load_text, preference_splits, prompt_reply_pairs, split_eval
+from pipeline.data import load_dialogs, load_text, prompt_reply_pairs, split_eval
 from pipeline.hub import read_metadata
+from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.eval")
 
@@ -100,7 +101,8 @@ def main(recipe, overrides):
 
     _, held_out_text = split_eval(load_text(data_args), data_args)
     texts = list(held_out_text["text"])[: args.max_prompts]
-    _, held_out_dialogs = split_eval(load_dialogs(data_args), data_args)
+    dialog_split = split_eval(load_dialogs(data_args), data_args)
+    held_out_dialogs = dialog_split[1]
     ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
     reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
     pairs = prompt_reply_pairs(held_out_dialogs["messages"], ppo_args.context_turns)[: args.max_prompts]
@@ -114,14 +116,15 @@ def main(recipe, overrides):
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
     _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-                                         reward_args.context_turns, reward_config.seed, reward_args.max_pairs)
+                                         reward_args.context_turns, reward_config.seed, reward_args.max_pairs,
+                                         dialogs=dialog_split)
     chosen = score_conversations(reward_model, tokenizer, [p + c for p, c in zip(eval_pairs["prompt"],
                                                                                  eval_pairs["chosen"])])
     rejected = score_conversations(reward_model, tokenizer, [p + r for p, r in zip(eval_pairs["prompt"],
                                                                                    eval_pairs["rejected"])])
     report["reward_model"] = load_metric("pairwise_accuracy").compute(predictions=chosen, references=rejected)
 
-    context = load_model(paths["sft"], AutoModelForCausalLM, "SFT model").config.max_position_embeddings
+    context = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings
     budget = context - args.max_new_tokens
     strategies = {
         "greedy": {"do_sample": False, "repetition_penalty": 1.0},

@@ -280,11 +280,12 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
         run.run_name = path.stem
     check_name(run.run_name, what=f"{path}: run_name")
     recipe = Recipe(path=path, run=run, sections=sections)
-    _check_model_shape(recipe)
+    _check_values(recipe)
     return recipe
 
 
-def _check_model_shape(recipe: Recipe):
+def _check_values(recipe: Recipe):
+    """Values the dataclasses cannot check by type: the model shape and the held-out share."""
     (shape,) = recipe.parse("model")
     for name in ("n_layer", "n_embd", "n_head", "n_positions"):
         if getattr(shape, name) <= 0:

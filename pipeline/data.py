@@ -1,4 +1,5 @@
-"""Data sources for every stage: plain text, dialogs and preference pairs, validated as they load.
+"""Data sources for every stage: plain text and dialogs, validated as they load (preference pairs, built on
+these, are in pipeline/preferences.py).
 
 A source is a string:
     chitchat                          the `chitchat-dataset` package (7,168 real conversations)
@@ -13,9 +14,7 @@ import ast
 import glob as globlib
 import json
 import logging
-import random
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def read_text_file(path: Path, encoding: str = "utf-8") -> str:
     return raw.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _expand(location: str) -> list[Path]:
+def expand_paths(location: str) -> list[Path]:
     path = Path(location)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES | set(TABLE_SUFFIXES))
@@ -98,7 +97,7 @@ def _expand(location: str) -> list[Path]:
     return [path]
 
 
-def _read_records(path: Path) -> list[tuple[str, object]]:
+def read_records(path: Path) -> list[tuple[str, object]]:
     """Rows of a JSONL/JSON/CSV/Parquet file as (where, row), with line numbers for JSONL."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
@@ -127,7 +126,7 @@ def _read_records(path: Path) -> list[tuple[str, object]]:
     raise PipelineError(f"{path}: unsupported file type '{suffix}'; use .txt, .raw, .jsonl, .json, .csv or .parquet")
 
 
-def _hub_dataset(spec: str):
+def hub_dataset(spec: str):
     name, _, config = spec.partition(":")
     try:
         return load_dataset(name, config or None, split="train")
@@ -173,15 +172,15 @@ def _text_documents(source: str, args) -> list[str]:
     if kind == "wikitext":
         return wikitext_articles(read_text_file(Path(location), args.encoding))
     if kind == "hub":
-        return _text_column(_hub_dataset(location), args.text_column, source)
+        return _text_column(hub_dataset(location), args.text_column, source)
     if kind == "disk":
         if not Path(location).is_dir():
             raise PipelineError(f"{location}: save_to_disk folder not found")
         return _text_column(load_from_disk(location), args.text_column, source)
     documents = []
-    for path in _expand(source):
+    for path in expand_paths(source):
         if path.suffix.lower() in TABLE_SUFFIXES:
-            rows = _read_records(path)
+            rows = read_records(path)
             for where, row in rows:
                 if isinstance(row, Exception) or not isinstance(row, dict):
                     raise PipelineError(f"{where}: expected a JSON object with a '{args.text_column}' field")
@@ -324,12 +323,12 @@ def _dialog_conversations(source: str, args) -> list[list[dict]]:
         conversations = cornell_conversations(location, bad)
     else:
         if kind == "hub":
-            table = _hub_dataset(location)
+            table = hub_dataset(location)
             records = [(f"{source} row {i + 1}", row) for i, row in enumerate(table)]
         elif kind == "disk":
             records = [(f"{source} row {i + 1}", row) for i, row in enumerate(load_from_disk(location))]
         else:
-            records = [rec for path in _expand(source) for rec in _read_records(path)]
+            records = [rec for path in expand_paths(source) for rec in read_records(path)]
         conversations = []
         for where, row in records:
             bad.total += 1
@@ -385,135 +384,3 @@ def prompt_reply_pairs(conversations, max_context_turns: int) -> list[tuple[list
             if turn["role"] == "assistant" and i > 0 and messages[i - 1]["role"] == "user" and turn["content"].strip():
                 pairs.append((messages[max(0, i - max_context_turns):i], turn["content"]))
     return pairs
-
-
-# ---------------------------------------------------------------- preferences
-
-GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
-
-
-def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[str]) -> str | None:
-    """A worse reply than `reply`, made in the way `kind` names; None when `reply` is too short for that kind."""
-    words = reply.split()
-    if kind == "other_conversation":
-        for _ in range(10):
-            candidate = rng.choice(other_replies)
-            if candidate.strip() and candidate != reply:
-                return candidate
-        return None
-    if kind == "truncated":
-        if len(words) < 4:
-            return None
-        return " ".join(words[: rng.randint(1, max(1, len(words) // 2))])
-    if kind == "shuffled":
-        if len(words) < 4 or len(set(words)) < 3:
-            return None
-        shuffled = words[:]
-        while shuffled == words:
-            rng.shuffle(shuffled)
-        return " ".join(shuffled)
-    if kind == "looped":
-        phrase = " ".join(words[: rng.randint(1, min(3, len(words)))]) if words else "i"
-        return " ".join([phrase] * rng.randint(4, 8))
-    if kind == "generic":
-        options = [g for g in GENERIC_REPLIES if g != reply.strip().lower()]
-        return rng.choice(options)
-    raise PipelineError(f"reward.rejected_kinds: unknown kind '{kind}' (expected other_conversation, truncated, "
-                        "shuffled, looped or generic)")
-
-
-def build_preference_pairs(conversations, kinds: list[str], weights: list[float] | None, seed: int,
-                           max_context_turns: int, max_pairs: int | None = None) -> Dataset:
-    """Preference pairs from real dialogs: chosen is the real reply, rejected a degraded or unrelated one."""
-    if weights is not None and len(weights) != len(kinds):
-        raise PipelineError(f"reward.rejected_weights has {len(weights)} values for {len(kinds)} rejected_kinds")
-    rng = random.Random(seed)
-    pairs = prompt_reply_pairs(conversations, max_context_turns)
-    rng.shuffle(pairs)
-    if max_pairs is not None:
-        pairs = pairs[:max_pairs]
-    replies = [reply for _, reply in pairs]
-    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
-    for prompt, reply in pairs:
-        kind = rng.choices(kinds, weights=weights)[0]
-        rejected = degrade(reply, kind, rng, replies)
-        if rejected is None:
-            kind, rejected = "other_conversation", degrade(reply, "other_conversation", rng, replies)
-        if rejected is None or rejected == reply:
-            continue
-        rows["prompt"].append(prompt)
-        rows["chosen"].append([{"role": "assistant", "content": reply}])
-        rows["rejected"].append([{"role": "assistant", "content": rejected}])
-        rows["kind"].append(kind)
-    if not rows["prompt"]:
-        raise PipelineError("no preference pairs could be built from the dialog sources")
-    logger.info(f"built {len(rows['prompt'])} preference pairs: {dict(Counter(rows['kind']))}")
-    return Dataset.from_dict(rows)
-
-
-def _as_messages(value, role: str):
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    return value
-
-
-def load_preferences(args) -> Dataset:
-    """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
-    (implicit prompt: full conversations sharing a prefix); strings or message lists."""
-    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
-    for source in args.preference_sources:
-        bad = BadRows(source)
-        kind, _, location = source.partition(":")
-        records = ([(f"{source} row {i + 1}", r) for i, r in enumerate(_hub_dataset(location))] if kind == "hub"
-                   else [rec for path in _expand(source) for rec in _read_records(path)])
-        for where, row in records:
-            bad.total += 1
-            if isinstance(row, Exception):
-                bad.add(where, str(row))
-                continue
-            if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
-                bad.add(where, "expected an object with 'chosen' and 'rejected'")
-                continue
-            chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
-            if chosen == rejected:
-                bad.add(where, "chosen and rejected are the same")
-                continue
-            if prompt is None:
-                if not (isinstance(chosen, list) and isinstance(rejected, list)):
-                    bad.add(where, "without a prompt, chosen and rejected must be message lists")
-                    continue
-                shared = 0
-                while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
-                    shared += 1
-                prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
-            prompt = _as_messages(prompt, "user")
-            chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
-            problem = next((p for p in (validate_messages(prompt + chosen), validate_messages(prompt + rejected)) if p),
-                           None)
-            if problem:
-                bad.add(where, problem)
-                continue
-            rows["prompt"].append(prompt)
-            rows["chosen"].append(chosen)
-            rows["rejected"].append(rejected)
-            rows["kind"].append("human")
-        bad.check(args.max_bad_fraction)
-    if not rows["prompt"]:
-        raise PipelineError(f"{args.preference_sources}: no usable preference rows")
-    return Dataset.from_dict(rows)
-
-
-def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
-                      max_pairs: int | None) -> tuple[Dataset, Dataset, str]:
-    """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
-    some, else pairs built from each split of the dialogs (held-out pairs with the data's split seed)."""
-    if args.preference_sources:
-        train, held_out = split_eval(load_preferences(args), args)
-        return train, held_out, f"human preferences from {', '.join(args.preference_sources)}"
-    train_dialogs, eval_dialogs = split_eval(load_dialogs(args), args)
-    train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
-    held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
-                                      args.max_eval_examples)
-    how = (f"built from the training split of {', '.join(args.dialog_sources)}: chosen = the real reply, rejected = "
-           f"one of {', '.join(kinds)} (weights {weights or 'equal'})")
-    return train, held_out, how

@@ -20,8 +20,8 @@ from pipeline.common import (
     score_conversations,
     trainer_defaults,
 )
-from pipeline.data import preference_splits
 from pipeline.hub import card_metadata, check_writable, push
+from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.reward")
 

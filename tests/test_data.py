@@ -7,12 +7,9 @@ from conftest import CORNELL, WIKITEXT
 from pipeline.config import DataArguments
 from pipeline.data import (
     BadRows,
-    build_preference_pairs,
     conversation_windows,
     cornell_conversations,
-    degrade,
     load_dialogs,
-    load_preferences,
     load_text,
     prompt_reply_pairs,
     read_text_file,
@@ -20,6 +17,7 @@ from pipeline.data import (
     wikitext_articles,
 )
 from pipeline.errors import PipelineError
+from pipeline.preferences import build_preference_pairs, degrade, load_preferences
 
 
 def data_args(**kwargs):

@@ -1,0 +1,153 @@
+"""Preference pairs for the reward model: TRL-format files, or pairs built from real dialogs, where the real reply
+is chosen and a degraded or unrelated one rejected."""
+
+import logging
+import random
+from collections import Counter
+
+from datasets import Dataset
+
+from pipeline.data import (
+    BadRows,
+    expand_paths,
+    hub_dataset,
+    load_dialogs,
+    prompt_reply_pairs,
+    read_records,
+    split_eval,
+    validate_messages,
+)
+from pipeline.errors import PipelineError
+
+logger = logging.getLogger(__name__)
+
+GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
+
+
+def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[str]) -> str | None:
+    """A worse reply than `reply`, made in the way `kind` names; None when `reply` is too short for that kind."""
+    words = reply.split()
+    if kind == "other_conversation":
+        for _ in range(10):
+            candidate = rng.choice(other_replies)
+            if candidate.strip() and candidate != reply:
+                return candidate
+        return None
+    if kind == "truncated":
+        if len(words) < 4:
+            return None
+        return " ".join(words[: rng.randint(1, max(1, len(words) // 2))])
+    if kind == "shuffled":
+        if len(words) < 4 or len(set(words)) < 3:
+            return None
+        shuffled = words[:]
+        while shuffled == words:
+            rng.shuffle(shuffled)
+        return " ".join(shuffled)
+    if kind == "looped":
+        phrase = " ".join(words[: rng.randint(1, min(3, len(words)))]) if words else "i"
+        return " ".join([phrase] * rng.randint(4, 8))
+    if kind == "generic":
+        options = [g for g in GENERIC_REPLIES if g != reply.strip().lower()]
+        return rng.choice(options)
+    raise PipelineError(f"reward.rejected_kinds: unknown kind '{kind}' (expected other_conversation, truncated, "
+                        "shuffled, looped or generic)")
+
+
+def build_preference_pairs(conversations, kinds: list[str], weights: list[float] | None, seed: int,
+                           max_context_turns: int, max_pairs: int | None = None) -> Dataset:
+    """Preference pairs from real dialogs: chosen is the real reply, rejected a degraded or unrelated one."""
+    if weights is not None and len(weights) != len(kinds):
+        raise PipelineError(f"reward.rejected_weights has {len(weights)} values for {len(kinds)} rejected_kinds")
+    rng = random.Random(seed)
+    pairs = prompt_reply_pairs(conversations, max_context_turns)
+    rng.shuffle(pairs)
+    if max_pairs is not None:
+        pairs = pairs[:max_pairs]
+    replies = [reply for _, reply in pairs]
+    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
+    for prompt, reply in pairs:
+        kind = rng.choices(kinds, weights=weights)[0]
+        rejected = degrade(reply, kind, rng, replies)
+        if rejected is None:
+            kind, rejected = "other_conversation", degrade(reply, "other_conversation", rng, replies)
+        if rejected is None or rejected == reply:
+            continue
+        rows["prompt"].append(prompt)
+        rows["chosen"].append([{"role": "assistant", "content": reply}])
+        rows["rejected"].append([{"role": "assistant", "content": rejected}])
+        rows["kind"].append(kind)
+    if not rows["prompt"]:
+        raise PipelineError("no preference pairs could be built from the dialog sources")
+    logger.info(f"built {len(rows['prompt'])} preference pairs: {dict(Counter(rows['kind']))}")
+    return Dataset.from_dict(rows)
+
+
+def _as_messages(value, role: str):
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return value
+
+
+def load_preferences(args) -> Dataset:
+    """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
+    (implicit prompt: full conversations sharing a prefix); strings or message lists."""
+    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
+    for source in args.preference_sources:
+        bad = BadRows(source)
+        kind, _, location = source.partition(":")
+        records = ([(f"{source} row {i + 1}", r) for i, r in enumerate(hub_dataset(location))] if kind == "hub"
+                   else [rec for path in expand_paths(source) for rec in read_records(path)])
+        for where, row in records:
+            bad.total += 1
+            if isinstance(row, Exception):
+                bad.add(where, str(row))
+                continue
+            if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+                bad.add(where, "expected an object with 'chosen' and 'rejected'")
+                continue
+            chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+            if chosen == rejected:
+                bad.add(where, "chosen and rejected are the same")
+                continue
+            if prompt is None:
+                if not (isinstance(chosen, list) and isinstance(rejected, list)):
+                    bad.add(where, "without a prompt, chosen and rejected must be message lists")
+                    continue
+                shared = 0
+                while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+                    shared += 1
+                prompt, chosen, rejected = chosen[:shared], chosen[shared:], rejected[shared:]
+            prompt = _as_messages(prompt, "user")
+            chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
+            problem = next((p for p in (validate_messages(prompt + chosen), validate_messages(prompt + rejected)) if p),
+                           None)
+            if problem:
+                bad.add(where, problem)
+                continue
+            rows["prompt"].append(prompt)
+            rows["chosen"].append(chosen)
+            rows["rejected"].append(rejected)
+            rows["kind"].append("human")
+        bad.check(args.max_bad_fraction)
+    if not rows["prompt"]:
+        raise PipelineError(f"{args.preference_sources}: no usable preference rows")
+    return Dataset.from_dict(rows)
+
+
+def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
+                      max_pairs: int | None, dialogs: tuple[Dataset, Dataset] | None = None
+                      ) -> tuple[Dataset, Dataset, str]:
+    """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
+    some, else pairs built from each split of the dialogs (held-out pairs with the data's split seed). `dialogs` is
+    the (train, held-out) split of the dialogs when the caller has loaded it already."""
+    if args.preference_sources:
+        train, held_out = split_eval(load_preferences(args), args)
+        return train, held_out, f"human preferences from {', '.join(args.preference_sources)}"
+    train_dialogs, eval_dialogs = dialogs or split_eval(load_dialogs(args), args)
+    train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
+    held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
+                                      args.max_eval_examples)
+    how = (f"built from the training split of {', '.join(args.dialog_sources)}: chosen = the real reply, rejected = "
+           f"one of {', '.join(kinds)} (weights {weights or 'equal'})")
+    return train, held_out, how
