@@ -117,7 +117,7 @@ def main(recipe, overrides):
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
     _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
                                          reward_args.context_turns, reward_config.seed, reward_args.max_pairs,
-                                         dialogs=dialog_split)
+                                         reward_args.eval_pairs, dialogs=dialog_split)
     chosen = score_conversations(reward_model, tokenizer, [p + c for p, c in zip(eval_pairs["prompt"],
                                                                                  eval_pairs["chosen"])])
     rejected = score_conversations(reward_model, tokenizer, [p + r for p, r in zip(eval_pairs["prompt"],

@@ -97,6 +97,7 @@ class RewardArguments:
         default=None, metadata={"help": "Mix of rejected_kinds (same order); default: equal."}
     )
     max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs."})
+    eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out pairs the accuracy is measured on."})
     context_turns: int = field(
         default=2, metadata={"help": "Turns before the reply that the reward model sees; the last is the user's."}
     )

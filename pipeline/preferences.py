@@ -22,17 +22,19 @@ from pipeline.errors import PipelineError
 logger = logging.getLogger(__name__)
 
 GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
+OTHER_REPLY_DRAWS = 8
 
 
-def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[str]) -> str | None:
-    """A worse reply than `reply`, made in the way `kind` names; None when `reply` is too short for that kind."""
+def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[tuple[int, str]],
+            conversation: int = -1) -> str | None:
+    """A worse reply than `reply`, made in the way `kind` names; None when `reply` is too short for that kind.
+    `other_replies` are (conversation index, reply) pairs; an other_conversation reply comes from a conversation
+    other than `conversation` and is the closest in length of a few drawn, so that length tells nothing."""
     words = reply.split()
     if kind == "other_conversation":
-        for _ in range(10):
-            candidate = rng.choice(other_replies)
-            if candidate.strip() and candidate != reply:
-                return candidate
-        return None
+        candidates = [text for index, text in (rng.choice(other_replies) for _ in range(OTHER_REPLY_DRAWS))
+                      if index != conversation and text.strip() and text != reply] if other_replies else []
+        return min(candidates, key=lambda text: abs(len(text.split()) - len(words)), default=None)
     if kind == "truncated":
         if len(words) < 4:
             return None
@@ -56,27 +58,31 @@ def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[str])
 
 def build_preference_pairs(conversations, kinds: list[str], weights: list[float] | None, seed: int,
                            max_context_turns: int, max_pairs: int | None = None) -> Dataset:
-    """Preference pairs from real dialogs: chosen is the real reply, rejected a degraded or unrelated one."""
+    """Preference pairs from real dialogs: chosen is the real reply, rejected a degraded or unrelated one. A reply
+    too short for the kind drawn gets another of the kinds (by weight) that applies to it."""
     if weights is not None and len(weights) != len(kinds):
         raise PipelineError(f"reward.rejected_weights has {len(weights)} values for {len(kinds)} rejected_kinds")
+    weights = weights or [1.0] * len(kinds)
     rng = random.Random(seed)
-    pairs = prompt_reply_pairs(conversations, max_context_turns)
+    pairs = [(index, prompt, reply) for index, messages in enumerate(conversations)
+             for prompt, reply in prompt_reply_pairs([messages], max_context_turns)]
     rng.shuffle(pairs)
     if max_pairs is not None:
         pairs = pairs[:max_pairs]
-    replies = [reply for _, reply in pairs]
+    replies = [(index, reply) for index, _, reply in pairs]
     rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
-    for prompt, reply in pairs:
-        kind = rng.choices(kinds, weights=weights)[0]
-        rejected = degrade(reply, kind, rng, replies)
-        if rejected is None:
-            kind, rejected = "other_conversation", degrade(reply, "other_conversation", rng, replies)
-        if rejected is None or rejected == reply:
-            continue
-        rows["prompt"].append(prompt)
-        rows["chosen"].append([{"role": "assistant", "content": reply}])
-        rows["rejected"].append([{"role": "assistant", "content": rejected}])
-        rows["kind"].append(kind)
+    for conversation, prompt, reply in pairs:
+        untried = list(range(len(kinds)))
+        while untried:
+            pick = rng.choices(untried, weights=[weights[i] for i in untried])[0]
+            rejected = degrade(reply, kinds[pick], rng, replies, conversation)
+            if rejected is not None and rejected != reply:
+                rows["prompt"].append(prompt)
+                rows["chosen"].append([{"role": "assistant", "content": reply}])
+                rows["rejected"].append([{"role": "assistant", "content": rejected}])
+                rows["kind"].append(kinds[pick])
+                break
+            untried.remove(pick)
     if not rows["prompt"]:
         raise PipelineError("no preference pairs could be built from the dialog sources")
     logger.info(f"built {len(rows['prompt'])} preference pairs: {dict(Counter(rows['kind']))}")
@@ -136,7 +142,7 @@ def load_preferences(args) -> Dataset:
 
 
 def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
-                      max_pairs: int | None, dialogs: tuple[Dataset, Dataset] | None = None
+                      max_pairs: int | None, eval_pairs: int, dialogs: tuple[Dataset, Dataset] | None = None
                       ) -> tuple[Dataset, Dataset, str]:
     """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
     some, else pairs built from each split of the dialogs (held-out pairs with the data's split seed). `dialogs` is
@@ -147,7 +153,7 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
     train_dialogs, eval_dialogs = dialogs or split_eval(load_dialogs(args), args)
     train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
     held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
-                                      args.max_eval_examples)
+                                      eval_pairs)
     how = (f"built from the training split of {', '.join(args.dialog_sources)}: chosen = the real reply, rejected = "
            f"one of {', '.join(kinds)} (weights {weights or 'equal'})")
     return train, held_out, how

@@ -41,11 +41,19 @@ def pairwise_report(model, tokenizer, pairs) -> dict:
     }
 
 
+def with_lengths(pairs):
+    """Adds the `length` column (characters of the longer conversation) by which the group_by_length sampler batches
+    pairs of similar length: random batches of quickstart pairs are two thirds padding."""
+    return pairs.map(lambda pair: {"length": max(len(str(pair["prompt"] + pair["chosen"])),
+                                                 len(str(pair["prompt"] + pair["rejected"])))})
+
+
 def main(recipe, overrides):
     data_args, stage_args, training_args = recipe.parse_stage(
         "reward", overrides,
         defaults=trainer_defaults(lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2,
-                                  eval_strategy="no", logging_steps=10),
+                                  eval_strategy="no", logging_steps=10, train_sampling_strategy="group_by_length",
+                                  remove_unused_columns=False),
     )
     set_seed(training_args.seed)
     check_writable(recipe.run.hub_dir)
@@ -58,14 +66,14 @@ def main(recipe, overrides):
 
     train_pairs, eval_pairs, how = preference_splits(data_args, stage_args.rejected_kinds,
                                                      stage_args.rejected_weights, stage_args.context_turns,
-                                                     training_args.seed, stage_args.max_pairs)
+                                                     training_args.seed, stage_args.max_pairs, stage_args.eval_pairs)
     print(f"reward data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
     before = pairwise_report(model, tokenizer, eval_pairs)
     trainer = RewardTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_pairs.remove_columns("kind"),
+        train_dataset=with_lengths(train_pairs.remove_columns("kind")),
         processing_class=tokenizer,
     )
     start = time.time()

@@ -193,7 +193,33 @@ def test_preference_pairs_from_dialogs_use_every_kind():
         assert prompt[-1]["role"] == "user" and len(prompt) <= 3
         assert chosen != rejected
     only_looped = build_preference_pairs(dialogs, ["looped"], None, seed=0, max_context_turns=3, max_pairs=50)
-    assert set(only_looped["kind"]) <= {"looped", "other_conversation"}
+    assert set(only_looped["kind"]) == {"looped"}
+
+
+def test_replies_too_short_for_a_kind_get_another_kind_that_applies():
+    conversations = [[{"role": "user", "content": f"question {i} ?"}, {"role": "assistant", "content": "sure"}]
+                     for i in range(40)]
+    pairs = build_preference_pairs(conversations, ["truncated", "shuffled", "generic"], [10.0, 10.0, 1.0], seed=0,
+                                   max_context_turns=1)
+    assert len(pairs) == 40 and set(pairs["kind"]) == {"generic"}
+
+
+def test_other_conversation_replies_come_from_other_conversations_and_match_in_length():
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=300))["messages"]
+    owners = {}
+    for index, messages in enumerate(dialogs):
+        for turn in messages:
+            owners.setdefault(turn["content"], set()).add(index)
+    pairs = build_preference_pairs(dialogs, ["other_conversation"], None, seed=0, max_context_turns=1)
+    length_gaps, random_gaps = [], []
+    rng = random.Random(0)
+    for chosen, rejected in zip(pairs["chosen"], pairs["rejected"]):
+        chosen, rejected = chosen[0]["content"], rejected[0]["content"]
+        if len(owners[chosen]) == 1:
+            assert owners[rejected] - owners[chosen]
+        length_gaps.append(abs(len(chosen.split()) - len(rejected.split())))
+        random_gaps.append(abs(len(chosen.split()) - len(rng.choice(pairs["rejected"])[0]["content"].split())))
+    assert sum(length_gaps) < 0.5 * sum(random_gaps)
 
 
 def test_degrade_kinds():
