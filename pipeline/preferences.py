@@ -63,6 +63,8 @@ def build_preference_pairs(conversations, kinds: list[str], weights: list[float]
     if weights is not None and len(weights) != len(kinds):
         raise PipelineError(f"reward.rejected_weights has {len(weights)} values for {len(kinds)} rejected_kinds")
     weights = weights or [1.0] * len(kinds)
+    if any(w < 0 for w in weights) or not any(weights):
+        raise PipelineError(f"reward.rejected_weights {weights}: expected numbers >= 0, at least one above 0")
     rng = random.Random(seed)
     pairs = [(index, prompt, reply) for index, messages in enumerate(conversations)
              for prompt, reply in prompt_reply_pairs([messages], max_context_turns)]
@@ -72,7 +74,7 @@ def build_preference_pairs(conversations, kinds: list[str], weights: list[float]
     replies = [(index, reply) for index, _, reply in pairs]
     rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
     for conversation, prompt, reply in pairs:
-        untried = list(range(len(kinds)))
+        untried = [i for i, weight in enumerate(weights) if weight > 0]
         while untried:
             pick = rng.choices(untried, weights=[weights[i] for i in untried])[0]
             rejected = degrade(reply, kinds[pick], rng, replies, conversation)

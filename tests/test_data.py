@@ -202,6 +202,10 @@ def test_replies_too_short_for_a_kind_get_another_kind_that_applies():
     pairs = build_preference_pairs(conversations, ["truncated", "shuffled", "generic"], [10.0, 10.0, 1.0], seed=0,
                                    max_context_turns=1)
     assert len(pairs) == 40 and set(pairs["kind"]) == {"generic"}
+    with pytest.raises(PipelineError, match="no preference pairs"):
+        build_preference_pairs(conversations, ["truncated", "generic"], [1.0, 0.0], seed=0, max_context_turns=1)
+    with pytest.raises(PipelineError, match="rejected_weights"):
+        build_preference_pairs(conversations, ["truncated", "generic"], [1.0, -1.0], seed=0, max_context_turns=1)
 
 
 def test_other_conversation_replies_come_from_other_conversations_and_match_in_length():
