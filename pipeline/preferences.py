@@ -147,8 +147,8 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
                       max_pairs: int | None, eval_pairs: int, dialogs: tuple[Dataset, Dataset] | None = None
                       ) -> tuple[Dataset, Dataset, str]:
     """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
-    some, else pairs built from each split of the dialogs (held-out pairs with the data's split seed). `dialogs` is
-    the (train, held-out) split of the dialogs when the caller has loaded it already."""
+    some, else pairs built from each split of the dialogs (at most `eval_pairs` held-out pairs, with the data's split
+    seed). `dialogs` is the (train, held-out) split of the dialogs when the caller has loaded it already."""
     if args.preference_sources:
         train, held_out = split_eval(load_preferences(args), args)
         return train, held_out, f"human preferences from {', '.join(args.preference_sources)}"
