@@ -247,6 +247,57 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
     return scores
 
 
+# The prompt that conditions on nothing: p(reply | empty prompt) is the reply's prior under a chat model, the
+# "anti-language model" of maximum-mutual-information decoding.
+EMPTY_PROMPT = [{"role": "user", "content": ""}]
+
+
+def reply_token_ids(tokenizer, reply: str) -> list[int]:
+    """Token ids of a reply as the chat template writes it after the generation prompt, end-of-turn included."""
+    return tokenizer(f"{reply}<|end|>", add_special_tokens=False)["input_ids"]
+
+
+def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[int]], batch_size: int = 32
+                          ) -> list[float]:
+    """Sum of log p(reply tokens | prompt tokens) under a causal LM for each (prompt, reply) pair; a prompt too long
+    for the context window loses its oldest tokens."""
+    import torch
+
+    window = model.config.max_position_embeddings
+    pad = model.config.pad_token_id or 0
+    totals = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        rows = []
+        for prompt, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size]):
+            reply = reply[: window - 1]
+            rows.append((prompt[-(window - len(reply)):] if len(prompt) + len(reply) > window else prompt, reply))
+        width = max(len(p) + len(r) for p, r in rows)
+        input_ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in rows])
+        attention = torch.tensor([[1] * (len(p) + len(r)) + [0] * (width - len(p) - len(r)) for p, r in rows])
+        with torch.no_grad():
+            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for i, (prompt, reply) in enumerate(rows):
+            # Token t is predicted at position t-1; a reply with no prompt token before it loses its first token.
+            positions = range(max(len(prompt), 1), len(prompt) + len(reply))
+            totals.append(sum(log_probs[i, t - 1, input_ids[i, t]].item() for t in positions))
+    return totals
+
+
+def pmi_scores(model, tokenizer, histories: list[list[dict]], replies: list[str], mmi_lambda: float = 1.0,
+               batch_size: int = 32) -> list[float]:
+    """Per-token log p(reply | history) - mmi_lambda * log p(reply | empty prompt): how much the history explains the
+    reply beyond the reply's own likelihood (pointwise mutual information at mmi_lambda = 1)."""
+    reply_ids = [reply_token_ids(tokenizer, r) for r in replies]
+    prompts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, return_dict=False) for h in histories]
+    conditional = reply_log_likelihoods(model, prompts, reply_ids, batch_size)
+    empty = tokenizer.apply_chat_template(EMPTY_PROMPT, add_generation_prompt=True, return_dict=False)
+    prior = reply_log_likelihoods(model, [empty] * len(replies), reply_ids, batch_size) if mmi_lambda else [0.0] * len(
+        replies)
+    return [(c - mmi_lambda * u) / len(ids) for c, u, ids in zip(conditional, prior, reply_ids)]
+
+
 def fit_context(recipe, section: str, max_length: int | None, context: int) -> int:
     """The sequence length to train with: the model's context unless the recipe asks for less; asking for more than
     the model has positions for is an error."""
