@@ -6,6 +6,7 @@ from conftest import CORNELL, WIKITEXT
 
 from pipeline.config import DataArguments
 from pipeline.data import (
+    CORNELL_SEPARATOR,
     BadRows,
     conversation_windows,
     cornell_conversations,
@@ -71,27 +72,75 @@ def test_chitchat_conversations_alternate_user_and_assistant():
 def test_cornell_sample_loads_in_original_format():
     bad = BadRows("cornell")
     conversations = cornell_conversations(CORNELL, bad)
-    assert len(conversations) == 201
+    assert len(conversations) == 200
     assert conversations[0][0]["role"] == "user" and conversations[0][1]["role"] == "assistant"
-    assert not bad.problems
+    assert bad.problems == [f"{CORNELL / 'movie_conversations.txt'}:133: no assistant turn"], "its only reply is empty"
+    assert bad.dropped == {"empty lines": 1}
 
 
-def test_cornell_missing_lines_are_skipped_not_fatal(tmp_path, caplog):
-    lines = (CORNELL / "movie_lines.txt").read_bytes().splitlines(keepends=True)
-    (tmp_path / "movie_lines.txt").write_bytes(b"".join(lines[10:]))
-    (tmp_path / "movie_conversations.txt").write_bytes((CORNELL / "movie_conversations.txt").read_bytes())
-    conversations = cornell_conversations(tmp_path, BadRows("cornell"))
-    assert 190 <= len(conversations) <= 201
-    assert "not in movie_lines.txt" in caplog.text
+def write_cornell(folder, lines, conversations, encoding="iso-8859-1", newline="\n"):
+    """A Cornell-format folder: `lines` as (line id, speaker, text), `conversations` as lists of line ids."""
+    folder.mkdir(exist_ok=True)
+    rows = [CORNELL_SEPARATOR.join([line_id, speaker, "m0", speaker.upper(), text]) for line_id, speaker, text in lines]
+    (folder / "movie_lines.txt").write_bytes(newline.join(rows + [""]).encode(encoding))
+    rows = [CORNELL_SEPARATOR.join(["u0", "u1", "m0", repr(ids)]) for ids in conversations]
+    (folder / "movie_conversations.txt").write_bytes(newline.join(rows + [""]).encode(encoding))
+    return folder
 
 
-def test_cornell_latin1_is_decoded(tmp_path):
-    (tmp_path / "movie_lines.txt").write_bytes(
-        "L1 +++$+++ u0 +++$+++ m0 +++$+++ A +++$+++ Caf\xe9 ?\nL2 +++$+++ u1 +++$+++ m0 +++$+++ B +++$+++ Oui.\n"
-        .encode("latin-1"))
-    (tmp_path / "movie_conversations.txt").write_text("u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L1', 'L2']\n")
-    (conversation,) = cornell_conversations(tmp_path, BadRows("cornell"))
-    assert conversation == [{"role": "user", "content": "Café ?"}, {"role": "assistant", "content": "Oui."}]
+UTF8_LINES = [("L1", "u0", "Привет! Как дела?"), ("L2", "u1", "元気です。ありがとう…"),
+              ("L3", "u0", "مرحبا 👋 ça va ?"), ("L4", "u1", "Ελληνικά\u2028και\u0085όχι")]
+
+
+def test_utf8_cornell_with_crlf_loads_exactly_with_utf8_and_fails_under_the_default(tmp_path):
+    folder = write_cornell(tmp_path / "translated", UTF8_LINES, [["L1", "L2"], ["L3", "L4"]], "utf-8", "\r\n")
+    dialogs = load_dialogs(data_args(dialog_sources=[f"cornell:{folder}"], encoding="utf-8"))
+    texts = [turn["content"] for messages in dialogs["messages"] for turn in messages]
+    assert texts == [text for _, _, text in UTF8_LINES]
+    assert [turn["role"] for turn in dialogs["messages"][1]] == ["user", "assistant"]
+    with pytest.raises(PipelineError, match="looks like UTF-8 but it is read as iso-8859-1 .data.encoding: auto.; "
+                                            "set data.encoding: utf-8") as failure:
+        load_dialogs(data_args(dialog_sources=[f"cornell:{folder}"]))
+    assert "\n" not in str(failure.value)
+
+
+def test_cornell_latin1_is_decoded_and_refused_as_utf8(tmp_path):
+    folder = write_cornell(tmp_path, [("L1", "u0", "Caf\xe9 \x85 ?"), ("L2", "u1", "Oui.")], [["L1", "L2"]])
+    (conversation,) = cornell_conversations(folder, BadRows("cornell"))
+    assert conversation == [{"role": "user", "content": "Café \x85 ?"}, {"role": "assistant", "content": "Oui."}]
+    with pytest.raises(PipelineError, match="movie_(lines|conversations).txt: not valid UTF-8"):
+        cornell_conversations(folder, BadRows("cornell"), encoding="utf-8")
+
+
+def most_lines_missing(tmp_path):
+    lines = [(f"L{i}", f"u{i % 2}", f"line {i}") for i in range(200)]
+    conversations = [[f"L{2 * c}", f"L{2 * c + 1}"] for c in range(100)]
+    return write_cornell(tmp_path / "cut", lines[:12], conversations)
+
+
+def test_conversations_with_missing_lines_count_toward_max_bad_fraction(tmp_path):
+    source = f"cornell:{most_lines_missing(tmp_path)}"
+    with pytest.raises(PipelineError, match=r"skipped 94 of 100 rows \(94%; line ids not in movie_lines.txt: 94\)"
+                                            r".*over data.max_bad_fraction=0.1"):
+        load_dialogs(data_args(dialog_sources=[source]))
+    reports = []
+    dialogs = load_dialogs(data_args(dialog_sources=[source], max_bad_fraction=0.95), reports)
+    assert len(dialogs) == 6
+    assert reports[0].summary() == (f"{source}: loaded 6 conversations (12 turns); lost 94 conversations (188 turns) "
+                                    "(line ids not in movie_lines.txt: 94)")
+    assert reports[0].as_dict()["lost_by_cause"] == {"line ids not in movie_lines.txt": 94}
+
+
+def test_cornell_rows_with_missing_fields_lose_their_conversations(tmp_path, caplog):
+    lines = [(f"L{i}", f"u{i % 2}", f"line {i}") for i in range(40)]
+    folder = write_cornell(tmp_path, lines, [[f"L{2 * c}", f"L{2 * c + 1}"] for c in range(20)])
+    rows = (folder / "movie_lines.txt").read_text(encoding="latin-1").split("\n")
+    rows[3] = rows[3].replace(CORNELL_SEPARATOR + "U1", "")
+    (folder / "movie_lines.txt").write_text("\n".join(rows), encoding="latin-1")
+    bad = BadRows("cornell")
+    assert len(cornell_conversations(folder, bad)) == 19
+    assert bad.causes == {"lines malformed in movie_lines.txt": 1}
+    assert "1 rows without 5 fields" in caplog.text and "line 4" in caplog.text
 
 
 def test_chat_and_prompt_completion_files(tmp_path):
