@@ -321,10 +321,6 @@ def load_text(args, reports: list | None = None) -> Dataset:
     """All text sources as one dataset with a `text` column; `reports` gets what each source gave and lost."""
     documents = _gather(args.text_sources, _text_documents, args, "text_sources", "document",
                         "no text found (empty file or everything filtered out)", reports)
-    if len(documents) < 2:
-        raise PipelineError(f"{', '.join(args.text_sources)}: only {len(documents)} document with data.text_unit: "
-                            f"{args.text_unit}; need at least 2 to hold one out (data.text_unit: line makes each "
-                            "line a document)")
     return Dataset.from_dict({"text": documents})
 
 
@@ -487,7 +483,9 @@ def load_dialogs(args, reports: list | None = None) -> Dataset:
 def split_eval(dataset: Dataset, args) -> tuple[Dataset, Dataset]:
     """The fixed, seeded held-out split shared by every stage."""
     if len(dataset) < 2:
-        raise PipelineError(f"only {len(dataset)} example(s): need at least 2 to hold one out for evaluation")
+        unit = (f" (text files give one document per {args.text_unit}, data.text_unit; set it to line for one "
+                "document per line)" if "text" in dataset.column_names else "")
+        raise PipelineError(f"only {len(dataset)} example(s): need at least 2 to hold one out for evaluation{unit}")
     n_eval = min(max(1, round(len(dataset) * args.eval_fraction)), args.max_eval_examples, len(dataset) - 1)
     parts = dataset.train_test_split(test_size=n_eval, seed=args.split_seed, shuffle=True)
     return parts["train"], parts["test"]
