@@ -133,7 +133,7 @@ def read_text_file(path: Path, encoding: str = "auto", auto_encoding: str = "utf
                 "set data.encoding: latin-1 in the recipe, or re-save the file as UTF-8"
             ) from None
     else:
-        if not codec.startswith("utf") and any(b > 127 for b in raw):
+        if not codec.startswith("utf") and not raw.isascii():
             try:
                 raw.decode("utf-8")
             except UnicodeDecodeError:
