@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
@@ -38,7 +39,15 @@ class DataArguments:
         metadata={"help": "Preference files {prompt, chosen, rejected}; empty means pairs are built from the dialogs."},
     )
     text_column: str = field(default="text", metadata={"help": "Text column of JSON/CSV/Parquet/disk/hub sources."})
-    encoding: str = field(default="utf-8", metadata={"help": "Encoding of plain text files (utf-8 or latin-1)."})
+    encoding: str = field(
+        default="auto",
+        metadata={"help": "Encoding of text, JSON, CSV and Cornell files: 'auto' (UTF-8; ISO-8859-1 for cornell: "
+                  "folders, the original corpus's encoding), utf-8, latin-1 or another Python codec name."},
+    )
+    text_unit: Literal["paragraph", "line", "file"] = field(
+        default="paragraph",
+        metadata={"help": "One document per paragraph (blank-line separated), per line, or per file in .txt/.raw/.md."},
+    )
     max_documents_per_source: int | None = field(
         default=None, metadata={"help": "Keep at most this many documents/conversations of each source."}
     )

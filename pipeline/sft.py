@@ -24,7 +24,7 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
-from pipeline.data import conversation_windows, load_dialogs, split_eval
+from pipeline.data import conversation_windows, data_card, load_dialogs, split_eval
 from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.sft")
@@ -51,10 +51,12 @@ def main(recipe, overrides):
     context = model.config.max_position_embeddings
     training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
 
-    train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args), data_args)
+    data_reports = []
+    train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args, data_reports), data_args)
     train_set = windows(train_dialogs, stage_args.max_turns)
     eval_set = windows(eval_dialogs, stage_args.max_turns)
-    print(f"sft data: {len(train_set)} training and {len(eval_set)} held-out conversation windows")
+    print(f"sft data: {len(train_set)} training and {len(eval_set)} held-out conversation windows; "
+          + "; ".join(report.summary() for report in data_reports))
 
     sample_conversations = [[{"role": "user", "content": p}] for p in stage_args.sample_prompts]
     greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": tokenizer.convert_tokens_to_ids("<|end|>"),
@@ -115,6 +117,10 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
 
 {metrics_table(metrics)}
 
+## Data
+
+{data_card(data_reports)}
+
 ## Sample replies (greedy, repetition penalty 1.2)
 
 | prompt | base model | after SFT |
@@ -125,7 +131,8 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "sft", "parent": base_path.rstrip("/").split("/")[-1], "recipe": str(recipe.path),
-                            "metrics": metrics, "log_history": trainer.state.log_history,
+                            "metrics": metrics, "data": [report.as_dict() for report in data_reports],
+                            "log_history": trainer.state.log_history,
                             "samples": dict(zip(stage_args.sample_prompts, samples)),
                             "fingerprint": recipe.fingerprint("sft", overrides)},
                   card_body=body,

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.data import CORNELL_SEPARATOR
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
@@ -57,3 +59,19 @@ def smoke_run(tmp_path_factory):
     recipe = write_recipe(root / "smoke.yaml", root)
     result = run_cli(["pipeline/run.py", "--config", recipe], check=True, timeout=1200)
     return {"root": root, "recipe": recipe, "hub": root / "hub", "runs": root / "runs", "log": result.stdout}
+
+
+def write_cornell(folder, lines, conversations, encoding="iso-8859-1", newline="\n"):
+    """A Cornell-format folder: `lines` as (line id, speaker, text), `conversations` as lists of line ids."""
+    folder.mkdir(exist_ok=True)
+    rows = [CORNELL_SEPARATOR.join([line_id, speaker, "m0", speaker.upper(), text]) for line_id, speaker, text in lines]
+    (folder / "movie_lines.txt").write_bytes(newline.join(rows + [""]).encode(encoding))
+    rows = [CORNELL_SEPARATOR.join(["u0", "u1", "m0", repr(ids)]) for ids in conversations]
+    (folder / "movie_conversations.txt").write_bytes(newline.join(rows + [""]).encode(encoding))
+    return folder
+
+
+def most_lines_missing(folder: Path) -> Path:
+    """100 two-line conversations of which only 6 have their lines in movie_lines.txt."""
+    lines = [(f"L{i}", f"u{i % 2}", f"line {i}") for i in range(12)]
+    return write_cornell(folder, lines, [[f"L{2 * c}", f"L{2 * c + 1}"] for c in range(100)])

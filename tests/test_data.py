@@ -2,10 +2,11 @@ import json
 import random
 
 import pytest
-from conftest import CORNELL, WIKITEXT
+from conftest import CORNELL, WIKITEXT, most_lines_missing, write_cornell
 
 from pipeline.config import DataArguments
 from pipeline.data import (
+    CORNELL_SEPARATOR,
     BadRows,
     conversation_windows,
     cornell_conversations,
@@ -17,6 +18,7 @@ from pipeline.data import (
     wikitext_articles,
 )
 from pipeline.errors import PipelineError
+from pipeline.hub import read_metadata
 from pipeline.preferences import build_preference_pairs, degrade, load_preferences
 
 
@@ -71,27 +73,59 @@ def test_chitchat_conversations_alternate_user_and_assistant():
 def test_cornell_sample_loads_in_original_format():
     bad = BadRows("cornell")
     conversations = cornell_conversations(CORNELL, bad)
-    assert len(conversations) == 201
+    assert len(conversations) == 200
     assert conversations[0][0]["role"] == "user" and conversations[0][1]["role"] == "assistant"
-    assert not bad.problems
+    assert bad.problems == [f"{CORNELL / 'movie_conversations.txt'}:133: no assistant turn"], "its only reply is empty"
+    assert bad.dropped == {"empty lines": 1}
 
 
-def test_cornell_missing_lines_are_skipped_not_fatal(tmp_path, caplog):
-    lines = (CORNELL / "movie_lines.txt").read_bytes().splitlines(keepends=True)
-    (tmp_path / "movie_lines.txt").write_bytes(b"".join(lines[10:]))
-    (tmp_path / "movie_conversations.txt").write_bytes((CORNELL / "movie_conversations.txt").read_bytes())
-    conversations = cornell_conversations(tmp_path, BadRows("cornell"))
-    assert 190 <= len(conversations) <= 201
-    assert "not in movie_lines.txt" in caplog.text
+UTF8_LINES = [("L1", "u0", "Привет! Как дела?"), ("L2", "u1", "元気です。ありがとう…"),
+              ("L3", "u0", "مرحبا 👋 ça va ?"), ("L4", "u1", "Ελληνικά\u2028και\u0085όχι")]
 
 
-def test_cornell_latin1_is_decoded(tmp_path):
-    (tmp_path / "movie_lines.txt").write_bytes(
-        "L1 +++$+++ u0 +++$+++ m0 +++$+++ A +++$+++ Caf\xe9 ?\nL2 +++$+++ u1 +++$+++ m0 +++$+++ B +++$+++ Oui.\n"
-        .encode("latin-1"))
-    (tmp_path / "movie_conversations.txt").write_text("u0 +++$+++ u1 +++$+++ m0 +++$+++ ['L1', 'L2']\n")
-    (conversation,) = cornell_conversations(tmp_path, BadRows("cornell"))
-    assert conversation == [{"role": "user", "content": "Café ?"}, {"role": "assistant", "content": "Oui."}]
+def test_utf8_cornell_with_crlf_loads_exactly_with_utf8_and_fails_under_the_default(tmp_path):
+    folder = write_cornell(tmp_path / "translated", UTF8_LINES, [["L1", "L2"], ["L3", "L4"]], "utf-8", "\r\n")
+    dialogs = load_dialogs(data_args(dialog_sources=[f"cornell:{folder}"], encoding="utf-8"))
+    texts = [turn["content"] for messages in dialogs["messages"] for turn in messages]
+    assert texts == [text for _, _, text in UTF8_LINES]
+    assert [turn["role"] for turn in dialogs["messages"][1]] == ["user", "assistant"]
+    with pytest.raises(PipelineError, match="looks like UTF-8 but it is read as iso-8859-1 .data.encoding: auto.; "
+                                            "set data.encoding: utf-8") as failure:
+        load_dialogs(data_args(dialog_sources=[f"cornell:{folder}"]))
+    assert "\n" not in str(failure.value)
+
+
+def test_cornell_latin1_is_decoded_and_refused_as_utf8(tmp_path):
+    folder = write_cornell(tmp_path, [("L1", "u0", "Caf\xe9 \x85 ?"), ("L2", "u1", "Oui.")], [["L1", "L2"]])
+    (conversation,) = cornell_conversations(folder, BadRows("cornell"))
+    assert conversation == [{"role": "user", "content": "Café \x85 ?"}, {"role": "assistant", "content": "Oui."}]
+    with pytest.raises(PipelineError, match="movie_(lines|conversations).txt: not valid UTF-8"):
+        cornell_conversations(folder, BadRows("cornell"), encoding="utf-8")
+
+
+def test_conversations_with_missing_lines_count_toward_max_bad_fraction(tmp_path):
+    source = f"cornell:{most_lines_missing(tmp_path / 'cut')}"
+    with pytest.raises(PipelineError, match=r"skipped 94 of 100 rows \(94%; line ids not in movie_lines.txt: 94\)"
+                                            r".*over data.max_bad_fraction=0.1"):
+        load_dialogs(data_args(dialog_sources=[source]))
+    reports = []
+    dialogs = load_dialogs(data_args(dialog_sources=[source], max_bad_fraction=0.95), reports)
+    assert len(dialogs) == 6
+    assert reports[0].summary() == (f"{source}: loaded 6 conversations (12 turns); lost 94 conversations (188 turns) "
+                                    "(line ids not in movie_lines.txt: 94)")
+    assert reports[0].as_dict()["lost_by_cause"] == {"line ids not in movie_lines.txt": 94}
+
+
+def test_cornell_rows_with_missing_fields_lose_their_conversations(tmp_path, caplog):
+    lines = [(f"L{i}", f"u{i % 2}", f"line {i}") for i in range(40)]
+    folder = write_cornell(tmp_path, lines, [[f"L{2 * c}", f"L{2 * c + 1}"] for c in range(20)])
+    rows = (folder / "movie_lines.txt").read_text(encoding="latin-1").split("\n")
+    rows[3] = rows[3].replace(CORNELL_SEPARATOR + "U1", "")
+    (folder / "movie_lines.txt").write_text("\n".join(rows), encoding="latin-1")
+    bad = BadRows("cornell")
+    assert len(cornell_conversations(folder, bad)) == 19
+    assert bad.causes == {"lines malformed in movie_lines.txt": 1}
+    assert "1 rows without 5 fields" in caplog.text and "line 4" in caplog.text
 
 
 def test_chat_and_prompt_completion_files(tmp_path):
@@ -292,3 +326,88 @@ def test_text_longer_than_the_context_is_packed_not_refused():
     blocks = pack_blocks(Dataset.from_dict({"text": [long_document, "short"]}), tokenizer, 32, None)
     assert len(blocks) > 10 and all(len(b) == 32 for b in blocks["input_ids"])
     assert blocks["input_ids"] == blocks["labels"]
+
+
+def test_text_unit_line_paragraph_and_file(tmp_path):
+    lines = ["first document, one line", "  second one, indented", "третий документ"]
+    path = tmp_path / "docs.txt"
+    path.write_bytes("\r\n".join(lines).encode("utf-8"))
+    one_document = data_args(text_sources=[str(path)])
+    with pytest.raises(PipelineError, match="only 1 example.*one document per paragraph, data.text_unit; set it to "
+                                            "line"):
+        split_eval(load_text(one_document), one_document)
+    assert load_text(data_args(text_sources=[str(path)], text_unit="line"))["text"] == lines
+    assert load_text(data_args(text_sources=[str(path)], text_unit="file"))["text"] == ["\n".join(lines)]
+
+
+def test_table_files_in_other_encodings_with_a_bom_and_windows_line_ends(tmp_path):
+    texts = ["naïve café", "123", "NA", "two\nlines", "日本語"]
+    jsonl = tmp_path / "t.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts).encode())
+    as_json = tmp_path / "t.json"
+    as_json.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"text": t} for t in texts], indent=1).replace("\n", "\r\n")
+                        .encode())
+    csv_file = tmp_path / "t.csv"
+    csv_file.write_bytes(b"\xef\xbb\xbf" + b"id,text\r\n" + "".join(
+        f'{i},"{t}"\r\n' for i, t in enumerate(texts)).encode())
+    for path in (jsonl, as_json, csv_file):
+        assert load_text(data_args(text_sources=[str(path)]))["text"] == texts, path
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in texts[:4]).encode("latin-1"))
+    with pytest.raises(PipelineError, match="latin.jsonl: not valid UTF-8.*set data.encoding: latin-1"):
+        load_text(data_args(text_sources=[str(latin)]))
+    assert load_text(data_args(text_sources=[str(latin)], encoding="latin-1"))["text"] == texts[:4]
+    utf16 = tmp_path / "wide.txt"
+    utf16.write_bytes("für\n\nzwei".encode("utf-16"))
+    with pytest.raises(PipelineError, match="wide.txt: starts with a UTF-16 byte order mark"):
+        load_text(data_args(text_sources=[str(utf16)]))
+    assert load_text(data_args(text_sources=[str(utf16)], encoding="utf-16"))["text"] == ["für", "zwei"]
+    with pytest.raises(PipelineError, match="data.encoding: unknown encoding 'klingon'"):
+        load_text(data_args(text_sources=[str(utf16)], encoding="klingon"))
+
+
+def test_text_rows_that_are_not_text_are_counted(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"text": [1, 2, 3]}).to_parquet(str(tmp_path / "numbers.parquet"))
+    with pytest.raises(PipelineError, match="skipped 3 of 3 rows .*'text' is int, not text"):
+        load_text(data_args(text_sources=[str(tmp_path / "numbers.parquet")]))
+    write_jsonl(tmp_path / "some.jsonl", [{"text": "kept"}, {"text": ""}, {"text": None}, {"text": "also kept"}])
+    reports = []
+    assert load_text(data_args(text_sources=[str(tmp_path / "some.jsonl")]), reports)["text"] == ["kept", "also kept"]
+    assert reports[0].summary() == f"{tmp_path / 'some.jsonl'}: loaded 2 documents; dropped 2 blank rows"
+
+
+def test_save_to_disk_folders_of_the_wrong_shape(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    messages = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]]
+    DatasetDict({"train": Dataset.from_dict({"messages": messages}), "test": Dataset.from_dict({"messages": messages})}
+                ).save_to_disk(str(tmp_path / "splits"))
+    with pytest.raises(PipelineError, match=r"holds the splits \['train', 'test'\].*disk:.*splits/train"):
+        load_dialogs(data_args(dialog_sources=[f"disk:{tmp_path / 'splits'}"]))
+    assert load_dialogs(data_args(dialog_sources=[f"disk:{tmp_path / 'splits' / 'train'}"]))["messages"] == messages
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(PipelineError, match="not a datasets.save_to_disk folder"):
+        load_text(data_args(text_sources=[f"disk:{tmp_path / 'plain'}"]))
+
+
+def test_mixed_sources_where_one_is_empty(tmp_path):
+    (tmp_path / "full.txt").write_text("one\n\ntwo\n", encoding="utf-8")
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="empty.txt: no text found"):
+        load_text(data_args(text_sources=[str(tmp_path / "full.txt"), str(tmp_path / "empty.txt")]))
+    chat = write_jsonl(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}])
+    (tmp_path / "none.jsonl").write_text("\r\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="none.jsonl: no usable conversations"):
+        load_dialogs(data_args(dialog_sources=[str(chat), str(tmp_path / "none.jsonl")]))
+
+
+def test_sft_card_and_summary_report_the_data(smoke_run):
+    sft = smoke_run["hub"] / "smoke-sft"
+    assert "## Data\n\n- chitchat: loaded 200 conversations (" in (sft / "README.md").read_text(encoding="utf-8")
+    (data,) = read_metadata(sft)["data"]
+    assert data["source"] == "chitchat" and data["loaded"] == 200 and data["lost"] == 0
+    assert data["left_out_by_cap"] == 7168 - 200
+    assert "sft data: " in smoke_run["log"] and "chitchat: loaded 200 conversations" in smoke_run["log"]

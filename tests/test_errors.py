@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_cli, write_recipe
+from conftest import most_lines_missing, run_cli, write_cornell, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenizer.train import train_tokenizer
@@ -50,6 +50,13 @@ def test_bad_text_data(tmp_path, data, fragment):
     data = {"text_sources": [names.get(s, s) for s in data["text_sources"]]}
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path, data=data)
     assert_one_line_error(run_cli(["tokenizer/train.py", "--config", recipe]), fragment)
+    assert hub_names(tmp_path) == []
+
+
+def test_one_document_per_line_names_the_text_unit(tmp_path):
+    (tmp_path / "lines.txt").write_text("one document\nper line\nin this file\n", encoding="utf-8")
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path, data={"text_sources": [str(tmp_path / "lines.txt")]})
+    assert_one_line_error(run_cli(["tokenizer/train.py", "--config", recipe]), "only 1 example", "data.text_unit")
     assert hub_names(tmp_path) == []
 
 
@@ -121,3 +128,19 @@ def test_reward_model_built_for_another_tokenizer(smoke_run, tmp_path):
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path)
     assert_one_line_error(run_cli(["pipeline/ppo.py", "--config", recipe]), "built for another tokenizer")
     assert "r-ppo" not in hub_names(tmp_path)
+
+
+@pytest.mark.parametrize("corpus, fragments", [
+    ("utf-8", ["movie_", "looks like UTF-8 but it is read as iso-8859-1", "set data.encoding: utf-8"]),
+    ("lines missing", ["skipped 94 of 100 rows (94%; line ids not in movie_lines.txt: 94)",
+                       "over data.max_bad_fraction=0.1"]),
+])
+def test_bad_cornell_folders(sft_hub, tmp_path, corpus, fragments):
+    if corpus == "utf-8":
+        folder = write_cornell(tmp_path / "c", [("L1", "u0", "Привет"), ("L2", "u1", "Здравствуйте")], [["L1", "L2"]],
+                               encoding="utf-8", newline="\r\n")
+    else:
+        folder = most_lines_missing(tmp_path / "c")
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path, data={"dialog_sources": [f"cornell:{folder}"]})
+    assert_one_line_error(run_cli(["pipeline/sft.py", "--config", recipe]), *fragments)
+    assert "r-sft" not in hub_names(tmp_path)
