@@ -24,7 +24,7 @@ from pipeline.common import (
     trainer_defaults,
 )
 from pipeline.data import load_dialogs, load_text, prompt_reply_pairs, split_eval
-from pipeline.hub import read_metadata
+from pipeline.hub import library_versions, read_metadata
 from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.eval")
@@ -97,7 +97,8 @@ def main(recipe, overrides):
     out = Path(recipe.output_dir("eval"))
     out.mkdir(parents=True, exist_ok=True)
     paths = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo")}
-    report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in paths.items()}}
+    report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in paths.items()},
+              "library_versions": library_versions()}
 
     _, held_out_text = split_eval(load_text(data_args), data_args)
     texts = list(held_out_text["text"])[: args.max_prompts]

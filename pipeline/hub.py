@@ -4,6 +4,7 @@
 """
 
 import argparse
+import importlib.metadata
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from pipeline.errors import PipelineError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 METADATA_FILE = "minichatgpt.json"
 REVISIONS_DIR = ".revisions"
+LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers")
 
 
 def check_name(name: str, what: str = "hub name") -> str:
@@ -51,6 +53,11 @@ def check_writable(hub_dir: str | os.PathLike, min_free_bytes: int = 50 * 2**20)
         )
 
 
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a model or report was made with; a card read next month still says."""
+    return {library: importlib.metadata.version(library) for library in LIBRARIES}
+
+
 def push(
     hub_dir: str | os.PathLike,
     name: str,
@@ -74,10 +81,14 @@ def push(
         write(staging)
         if not any(staging.glob("*.safetensors")) and metadata.get("stage") != "tokenizer":
             raise PipelineError(f"{name}: nothing was written as safetensors; refusing to push")
-        metadata = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **metadata}
+        versions = library_versions()
+        metadata = {"name": name, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "library_versions": versions, **metadata}
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
         front = yaml.safe_dump(card_metadata, sort_keys=False, allow_unicode=True)
-        (staging / "README.md").write_text(f"---\n{front}---\n\n{card_body.strip()}\n", encoding="utf-8")
+        made_with = ", ".join(f"{library} {version}" for library, version in versions.items())
+        (staging / "README.md").write_text(f"---\n{front}---\n\n{card_body.strip()}\n\nMade with {made_with}.\n",
+                                           encoding="utf-8")
         if target.exists():
             revision = hub_dir / REVISIONS_DIR / name / time.strftime("%Y%m%d-%H%M%S")
             revision.parent.mkdir(parents=True, exist_ok=True)
