@@ -214,15 +214,16 @@ def tally_table(votes: list[dict]) -> str:
 
 
 def decoding_controls(gr, args: AppArguments, folder: str):
-    """The system prompt, strategy and slider controls, starting from the model's generation defaults."""
+    """The system prompt, strategy and slider controls, starting where `decoding_config` starts from the model's
+    defaults: sampling's values, and beam search's number of beams."""
     model, _ = load_chat_model(folder)
-    defaults = model.generation_config
+    starts = {strategy: decoding_config(model.generation_config, strategy) for strategy in ("sample", "beam")}
     system = gr.Textbox(label="System prompt", value=args.system or "", lines=2, elem_id="system")
     strategy = gr.Radio(list(STRATEGIES), value=args.strategy, label="Decoding strategy", elem_id="strategy")
     sliders = []
     for name, (label, low, high, step) in SLIDERS.items():
         high = high or model.config.max_position_embeddings - 1
-        value = getattr(defaults, name, None) or (4 if name == "num_beams" else low)
+        value = getattr(starts["beam" if name == "num_beams" else "sample"], name) or low
         sliders.append(gr.Slider(low, high, value=min(max(value, low), high), step=step, label=label,
                                  elem_id=name))
     return system, strategy, sliders
