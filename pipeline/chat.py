@@ -59,11 +59,15 @@ def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> Gener
     return config
 
 
-def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, stream: bool = False) -> str:
+def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, stream: bool = False,
+          streamer=None) -> str:
+    """The reply to `prompt_ids`; `stream` prints it as it is made, `streamer` (e.g. a TextIteratorStreamer) gets
+    its tokens instead."""
     import torch
 
     input_ids = torch.tensor([prompt_ids], device=model.device)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True) if stream else None
+    if streamer is None and stream:
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                              streamer=streamer)

@@ -106,6 +106,10 @@ class RewardArguments:
         default=None, metadata={"help": "Mix of rejected_kinds (same order); default: equal."}
     )
     max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs."})
+    built_per_preference: float = field(
+        default=0.0, metadata={"help": "With data.preference_sources: pairs built from the dialogs added to training "
+                                       "per preference pair (0: the preference files only)."}
+    )
     eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out pairs the accuracy is measured on."})
     context_turns: int = field(
         default=2, metadata={"help": "Turns before the reply that the reward model sees; the last is the user's."}

@@ -5,7 +5,7 @@ import logging
 import random
 from collections import Counter
 
-from datasets import Dataset
+from datasets import Dataset, concatenate_datasets
 
 from pipeline.data import (
     BadRows,
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
 OTHER_REPLY_DRAWS = 8
+# Arena votes (pipeline/app.py) that prefer neither reply: kept in the vote file, but they make no pair.
+NO_PREFERENCE_VOTES = ("tie", "both_bad")
 
 
 def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[tuple[int, str]],
@@ -99,7 +101,8 @@ def _as_messages(value, role: str):
 
 def load_preferences(args) -> Dataset:
     """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
-    (implicit prompt: full conversations sharing a prefix); strings or message lists."""
+    (implicit prompt: full conversations sharing a prefix); strings or message lists. Arena ties and both-bad votes
+    are skipped."""
     rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
     for source in args.preference_sources:
         bad = BadRows(source)
@@ -107,6 +110,8 @@ def load_preferences(args) -> Dataset:
         records = ([(f"{source} row {i + 1}", r) for i, r in enumerate(hub_dataset(location))] if kind == "hub"
                    else [rec for path in expand_paths(source) for rec in read_records(path)])
         for where, row in records:
+            if isinstance(row, dict) and row.get("vote") in NO_PREFERENCE_VOTES:
+                continue
             bad.total += 1
             if isinstance(row, Exception):
                 bad.add(where, str(row))
@@ -144,14 +149,23 @@ def load_preferences(args) -> Dataset:
 
 
 def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
-                      max_pairs: int | None, eval_pairs: int, dialogs: tuple[Dataset, Dataset] | None = None
-                      ) -> tuple[Dataset, Dataset, str]:
+                      max_pairs: int | None, eval_pairs: int, dialogs: tuple[Dataset, Dataset] | None = None,
+                      built_per_preference: float = 0.0) -> tuple[Dataset, Dataset, str]:
     """Training and held-out preference pairs, and how they were made: the preference files when the recipe names
-    some, else pairs built from each split of the dialogs (at most `eval_pairs` held-out pairs, with the data's split
-    seed). `dialogs` is the (train, held-out) split of the dialogs when the caller has loaded it already."""
+    some (with `built_per_preference` pairs built from the dialogs added to training per preference pair), else pairs
+    built from each split of the dialogs (at most `eval_pairs` held-out pairs, with the data's split seed). `dialogs`
+    is the (train, held-out) split of the dialogs when the caller has loaded it already."""
     if args.preference_sources:
         train, held_out = split_eval(load_preferences(args), args)
-        return train, held_out, f"human preferences from {', '.join(args.preference_sources)}"
+        how = f"human preferences from {', '.join(args.preference_sources)}"
+        wanted = round(built_per_preference * len(train))
+        if wanted:
+            train_dialogs = (dialogs or split_eval(load_dialogs(args), args))[0]
+            built = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns,
+                                           min(wanted, max_pairs or wanted))
+            train = concatenate_datasets([train, built.cast(train.features)])
+            how += f", mixed with {len(built)} pairs built from {', '.join(args.dialog_sources)}"
+        return train, held_out, how
     train_dialogs, eval_dialogs = dialogs or split_eval(load_dialogs(args), args)
     train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
     held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,

@@ -1,0 +1,278 @@
+"""The web chat and arena (pipeline/app.py) driven in a real headless Chromium, and the vote file the reward stage
+reads. The browser is Debian's /usr/bin/chromium (Playwright never downloads one); without it the browser tests skip,
+except in CI, where they must run."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, run_cli
+from playwright.sync_api import expect, sync_playwright
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pipeline.app import append_vote, read_votes, tally_table, vote_row
+from pipeline.chat import Chat, decoding_config
+from pipeline.config import DataArguments
+from pipeline.preferences import load_preferences, preference_splits
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+REPLY_WAIT_MS = 60_000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(log: Path, *args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "pipeline/app.py", *map(str, args), "--port", str(port)], cwd=ROOT,
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}/"
+
+
+def wait_until_serving(process: subprocess.Popen, url: str, log: Path, timeout: float = 180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the app exited ({process.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.5)
+    raise AssertionError(f"the app did not serve {url} within {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{CHROMIUM} is missing; CI must run the browser tests (apt-get install chromium)")
+        pytest.skip(f"the browser tests need Debian's chromium at {CHROMIUM}")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def apps(smoke_run, browser, tmp_path_factory):
+    """The chat app on the smoke PPO model and the arena on the smoke SFT and PPO models, started side by side."""
+    root = tmp_path_factory.mktemp("app")
+    hub = smoke_run["hub"]
+    votes = root / "votes" / "arena.jsonl"
+    started = {"chat": start_app(root / "chat.log", "--model", hub / "smoke-ppo"),
+               "arena": start_app(root / "arena.log", "--arena", hub / "smoke-sft", hub / "smoke-ppo",
+                                  "--votes", votes)}
+    try:
+        for name, (process, url) in started.items():
+            wait_until_serving(process, url, root / f"{name}.log")
+        yield {"chat": started["chat"][1], "arena": started["arena"][1], "votes": votes, "hub": hub}
+    finally:
+        for process, _ in started.values():
+            process.terminate()
+            process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def ppo_model(smoke_run):
+    folder = smoke_run["hub"] / "smoke-ppo"
+    return AutoModelForCausalLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def greedy_replies(model_and_tokenizer, messages: list[str], max_new_tokens: int) -> list[str]:
+    """What pipeline/chat.py answers to `messages`, one turn after the other, with greedy decoding."""
+    model, tokenizer = model_and_tokenizer
+    config = decoding_config(model.generation_config, "greedy", max_new_tokens=max_new_tokens)
+    chat = Chat(model, tokenizer, config, None, plain=False)
+    return [chat.say(text)[0] for text in messages]
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def send(page, text: str):
+    page.locator("#message textarea").fill(text)
+    page.locator("#message textarea").press("Enter")
+
+
+def use_greedy(page, max_new_tokens: int):
+    page.locator("#strategy").get_by_label("greedy").check()
+    tokens = page.locator("#max_new_tokens input[type=number]")
+    tokens.fill(str(max_new_tokens))
+    tokens.press("Enter")
+
+
+def wait_for_reply(page, index: int, expected: str):
+    """Waits until the `index`-th reply on the page reads `expected` and returns every text it showed meanwhile."""
+    replies = page.locator("#conversation .bot")
+    expect(replies.nth(index)).to_have_text(expected, timeout=REPLY_WAIT_MS, use_inner_text=True)
+    return page.evaluate("window.shownReplies || []")
+
+
+def watch_replies(page):
+    """Records every text the last reply shows, to see it grow token by token."""
+    page.evaluate("""() => {
+        window.shownReplies = [];
+        new MutationObserver(() => {
+            const replies = document.querySelectorAll('#conversation .bot');
+            if (replies.length) window.shownReplies.push(replies[replies.length - 1].innerText);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
+
+
+def test_chat_streams_the_reply_with_the_chosen_decoding(apps, browser, ppo_model):
+    page = browser.new_page()
+    page.goto(apps["chat"])
+    use_greedy(page, max_new_tokens=24)
+    watch_replies(page)
+    (expected,) = greedy_replies(ppo_model, ["how are you ?"], max_new_tokens=24)
+    send(page, "how are you ?")
+    shown = wait_for_reply(page, 0, words(expected))
+    growing = {words(text) for text in shown if text.strip() and words(expected).startswith(words(text))}
+    assert len(growing) >= 3, f"the reply did not stream: {shown}"
+    assert page.locator("#message textarea").input_value() == ""
+    page.close()
+
+
+def test_two_tabs_keep_their_own_history_and_reset_clears_it(apps, browser, ppo_model):
+    first, second = browser.new_page(), browser.new_page()
+    for page in (first, second):
+        page.goto(apps["chat"])
+        use_greedy(page, max_new_tokens=16)
+    two_turns = greedy_replies(ppo_model, ["my name is bob", "what is my name ?"], max_new_tokens=16)
+    (one_turn,) = greedy_replies(ppo_model, ["what is my name ?"], max_new_tokens=16)
+    assert two_turns[1] != one_turn, "the smoke model answers the same with and without history; pick other prompts"
+
+    send(first, "my name is bob")
+    wait_for_reply(first, 0, words(two_turns[0]))
+    send(second, "what is my name ?")
+    wait_for_reply(second, 0, words(one_turn))
+    send(first, "what is my name ?")
+    wait_for_reply(first, 1, words(two_turns[1]))
+    expect(second.locator("#conversation .bot")).to_have_count(1)
+
+    first.locator("#reset").click()
+    expect(first.locator("#notice")).to_contain_text("history cleared")
+    expect(first.locator("#conversation .bot")).to_have_count(0)
+    send(first, "what is my name ?")
+    wait_for_reply(first, 0, words(one_turn))
+    first.close()
+    second.close()
+
+
+def test_bad_input_gets_a_message_on_the_page_and_the_server_keeps_running(apps, browser):
+    page = browser.new_page()
+    page.goto(apps["chat"])
+    notice = page.locator("#notice")
+    page.locator("#send").click()
+    expect(notice).to_contain_text("error: the message is empty")
+    send(page, "tell me a long story " * 60)
+    expect(notice).to_contain_text("error: the message (with the system prompt) is")
+    expect(notice).to_contain_text("128-token context")
+    for folder, problem in ((apps["hub"] / "missing-ppo", "folder not found"),
+                            (apps["hub"] / "smoke-base", "not a chat model")):
+        page.locator("#model textarea").fill(str(folder))
+        page.locator("#load").click()
+        expect(notice).to_contain_text(problem)
+        expect(notice).to_contain_text("still chatting with")
+    send(page, "hi")
+    expect(page.locator("#conversation .bot")).to_have_count(1, timeout=REPLY_WAIT_MS)
+    expect(page.locator("#conversation .bot")).not_to_have_text("", timeout=REPLY_WAIT_MS)
+    page.close()
+
+
+def arena_round(page, message: str) -> tuple[str, str]:
+    send(page, message)
+    expect(page.locator("#vote-A")).to_be_enabled(timeout=REPLY_WAIT_MS)
+    return tuple(words(page.locator(f"#reply-{side} .bot").inner_text()) for side in "ab")
+
+
+def test_arena_votes_become_preference_pairs_the_reward_stage_reads(apps, browser):
+    page = browser.new_page()
+    page.goto(apps["arena"])
+    expect(page.locator("#tally")).to_contain_text("No votes yet")
+    reply_a, reply_b = arena_round(page, "what do you do for fun ?")
+    assert "smoke-" not in page.locator("body").inner_text(), "the models must stay unnamed until the vote"
+    page.locator("#vote-A").click()
+    expect(page.locator("#notice")).to_contain_text("A was")
+    expect(page.locator("#vote-A")).to_be_disabled()
+
+    (row,) = [json.loads(line) for line in apps["votes"].read_text().splitlines()]
+    assert row["prompt"] == [{"role": "user", "content": "what do you do for fun ?"}]
+    assert words(row["chosen"][0]["content"]) == reply_a and words(row["rejected"][0]["content"]) == reply_b
+    assert row["chosen_model"] == row["model_a"] != row["model_b"] == row["rejected_model"]
+    assert row["decoding"]["strategy"] == "sample" and row["time"]
+    assert f"A was {row['model_a']}, B was {row['model_b']}" in page.locator("#notice").inner_text()
+    expect(page.locator("#tally")).to_contain_text("100%")
+
+    arena_round(page, "do you like movies ?")
+    page.locator("#vote-tie").click()
+    expect(page.locator("#notice")).to_contain_text("You voted Tie")
+    page.close()
+
+    tie = json.loads(apps["votes"].read_text().splitlines()[1])
+    assert tie["vote"] == "tie" and "chosen" not in tie and tie["reply_a"] and tie["reply_b"]
+    pairs = load_preferences(DataArguments(preference_sources=[str(apps["votes"])]))
+    assert len(pairs) == 1 and pairs["chosen"][0] == row["chosen"] and pairs["kind"] == ["human"]
+
+    tally = run_cli(["pipeline/app.py", "--tally", apps["votes"]], check=True).stdout
+    first, second = sorted((row["model_a"], row["model_b"]))
+    winner_is_first = row["chosen_model"] == first
+    assert f"| {first} | {second} | {int(winner_is_first)} | {int(not winner_is_first)} | 1 | 0 | 2 |" in tally
+
+
+def rounds(count: int) -> list[dict]:
+    return [{"models": ["hub/x-sft", "hub/x-ppo"], "replies": [f"reply {i}", f"other reply {i}"],
+             "prompt": [{"role": "user", "content": f"question {i}"}], "decoding": {"strategy": "sample"}}
+            for i in range(count)]
+
+
+def test_a_vote_cut_short_by_a_crash_does_not_spoil_the_next(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    first, second = rounds(2)
+    append_vote(path, vote_row(first, "B"))
+    with path.open("a") as file:
+        file.write('{"prompt": [{"role": "user", "content": "cut sh')
+    append_vote(path, vote_row(second, "A"))
+    assert [row["vote"] for row in read_votes(path)] == ["B", "A"]
+    assert json.loads(path.read_text().splitlines()[-1])["chosen"] == [{"role": "assistant", "content": "reply 1"}]
+
+
+def test_tally_counts_each_pair_and_its_win_rate():
+    votes = [vote_row(round_, vote) for round_, vote in zip(rounds(6), ["A", "A", "B", "tie", "both_bad", "A"])]
+    # A is hub/x-sft in every round: it won 3 votes, hub/x-ppo 1; the pair is listed in name order.
+    assert "| hub/x-ppo | hub/x-sft | 1 | 3 | 1 | 1 | 6 | 25% |" in tally_table(votes)
+    assert tally_table([]) == "No votes yet."
+
+
+def test_preference_files_mix_with_built_pairs(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    for round_, vote in zip(rounds(40), ["A", "B", "tie", "both_bad"] * 10):
+        append_vote(path, vote_row(round_, vote))
+    args = DataArguments(preference_sources=[str(path)], dialog_sources=["chitchat"], max_documents_per_source=100,
+                         eval_fraction=0.1)
+    kinds = ["truncated", "generic"]
+    only_human, held_out, _ = preference_splits(args, kinds, None, 2, 0, None, 50)
+    mixed, mixed_held_out, how = preference_splits(args, kinds, None, 2, 0, None, 50, built_per_preference=2)
+    assert len(only_human) + len(held_out) == 20 and set(only_human["kind"]) == {"human"}
+    assert len(mixed) == 3 * len(only_human) and mixed_held_out["prompt"] == held_out["prompt"]
+    assert set(mixed["kind"]) == {"human", "truncated", "generic"} and "mixed with" in how
+
+
+def test_a_missing_model_folder_stops_the_app_with_one_line(tmp_path):
+    result = run_cli(["pipeline/app.py", "--model", tmp_path / "nothing-ppo"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nothing-ppo'}: folder not found")
