@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from conftest import ROOT
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
@@ -44,10 +45,12 @@ def attention_calls(explained):
 
 @pytest.fixture(scope="module")
 def traced_training_step():
-    """The stage's training forward as torch.compile sees it (dynamo's graphs, without Inductor's code generation)."""
+    """The stage's training forward as torch.compile sees it under Trainer (wrapped by accelerate for bf16 mixed
+    precision): dynamo's graphs, without Inductor's code generation."""
     torch._dynamo.reset()
     blocks = packed_blocks()
-    return torch._dynamo.explain(model_with(PretrainArguments()))(input_ids=blocks, labels=blocks)
+    model = Accelerator(mixed_precision="bf16", cpu=True).prepare(model_with(PretrainArguments()))
+    return torch._dynamo.explain(model)(input_ids=blocks, labels=blocks)
 
 
 def test_training_forward_compiles_to_one_graph(traced_training_step):
