@@ -1,10 +1,13 @@
 """Training throughput of the pretrain stage (GPT2LMHeadModel + transformers.Trainer) against a minimal plain-PyTorch
 GPT of the same shape, batch, sequence and optimizer, in the same process, on random tokens (no data download).
+The stage's model and training settings come from pipeline/pretrain.py with PretrainArguments' defaults, so the
+benchmark measures the same speed settings the stage trains with.
 
     python bench/pretrain_throughput.py                      # the quickstart model on this CPU
-    python bench/pretrain_throughput.py --size gpt2-124m     # GPT-2 124M, 16 x 1024, bf16 on a GPU
+    python bench/pretrain_throughput.py --compile            # on a GPU: GPT-2 124M, 16 x 1024, bf16, compiled
 
-Prints tokens/s of both, their ratio, peak memory, and MFU on a GPU with a known bf16 peak.
+Prints the device, torch and transformers versions, tokens/s of both, their ratio, peak memory of each, and MFU on a
+GPU with a known bf16 peak.
 """
 
 import argparse
@@ -16,10 +19,12 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import transformers
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from pipeline.pretrain import build_model, device_peak_flops, flops_per_token
+from pipeline.config import PretrainArguments
+from pipeline.pretrain import build_model, device_peak_flops, flops_per_token, trainer_speed_defaults
 
 SIZES = {
     "quickstart": dict(n_layer=4, n_embd=192, n_head=4, n_positions=192, vocab=4096, batch=16),
@@ -59,6 +64,13 @@ class MinimalGPT(nn.Module):
 def sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+def peak_memory_gib() -> float:
+    """Peak GPU memory allocated since the last reset, or the process's peak RSS on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def bench_minimal(shape, steps, warmup, device, bf16, compile_model):
@@ -101,13 +113,13 @@ def bench_pipeline(shape, steps, warmup, bf16, compile_model, tmp_dir):
     tokenizer = _FakeVocab(shape["vocab"])
     model = build_model(tokenizer, SimpleNamespace(n_layer=shape["n_layer"], n_embd=shape["n_embd"],
                                                    n_head=shape["n_head"], n_positions=shape["n_positions"],
-                                                   dropout=0.0), pad_to=64)
+                                                   dropout=0.0), PretrainArguments())
     blocks = torch.randint(0, shape["vocab"], ((warmup + steps) * shape["batch"], shape["n_positions"]))
     data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}).with_format("torch")
     args = TrainingArguments(output_dir=tmp_dir, max_steps=warmup + steps, per_device_train_batch_size=shape["batch"],
                              learning_rate=3e-4, lr_scheduler_type="cosine", bf16=bf16, torch_compile=compile_model,
                              logging_steps=10**9, save_strategy="no", report_to=[], disable_tqdm=True,
-                             dataloader_pin_memory=torch.cuda.is_available())
+                             **trainer_speed_defaults(torch.cuda.is_available()))
     timer = StepTimer(warmup)
     Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator,
             callbacks=[timer]).train()
@@ -142,22 +154,29 @@ def main():
     torch.manual_seed(0)
 
     minimal = bench_minimal(shape, steps, warmup, device, bf16, args.compile)
+    minimal_peak = peak_memory_gib()
     if gpu:
         torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp_dir:
         pipeline, n_params = bench_pipeline(shape, steps, warmup, bf16, args.compile, tmp_dir)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if gpu else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    pipeline_peak = peak_memory_gib()
     name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; model {shape['n_layer']}x{shape['n_embd']}, vocab {shape['vocab']}, "
-          f"{n_params / 1e6:.1f}M parameters; batch {shape['batch']} x {shape['n_positions']}; "
-          f"{'bf16' if bf16 else 'fp32'}{', compiled' if args.compile else ''}; {steps} timed steps")
+    print(f"device: {name}; torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"model {shape['n_layer']}x{shape['n_embd']}, vocab {shape['vocab']}, {n_params / 1e6:.1f}M parameters; "
+          f"batch {shape['batch']} x {shape['n_positions']}; {'bf16' if bf16 else 'fp32'}"
+          f"{', compiled' if args.compile else ''}; {steps} timed steps after {warmup} warm-up steps")
     per_token = flops_per_token(n_params, shape["n_layer"], shape["n_embd"], shape["n_positions"])
     peak_flops = device_peak_flops()
-    for label, rate in (("pipeline (Trainer + GPT2LMHeadModel)", pipeline), ("minimal PyTorch GPT", minimal)):
+    memory = "GPU memory" if gpu else "RSS (process, cumulative)"
+    for label, rate, peak in (("pipeline (Trainer + GPT2LMHeadModel)", pipeline, pipeline_peak),
+                              ("minimal PyTorch GPT", minimal, minimal_peak)):
         mfu = f", MFU {rate * per_token / peak_flops:.1%}" if peak_flops else ""
-        print(f"{label:38} {rate:12,.0f} tokens/s{mfu}")
+        print(f"{label:38} {rate:12,.0f} tokens/s{mfu}, peak {memory} {peak:.2f} GiB")
     print(f"ratio pipeline / minimal: {pipeline / minimal:.3f}")
-    print(f"peak {'GPU memory' if gpu else 'RSS'}: {peak:.2f} GiB")
+    if peak_flops:
+        print(f"MFU: {per_token / 1e6:.0f} MFLOP per token (6N + 12*L*d*T) against a {peak_flops / 1e12:.0f} TFLOP/s "
+              "bf16 peak")
 
 
 if __name__ == "__main__":

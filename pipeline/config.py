@@ -80,6 +80,16 @@ class PretrainArguments:
         default=64, metadata={"help": "Round the embedding matrix up to a multiple of this (faster matmuls)."}
     )
     max_eval_blocks: int | None = field(default=None, metadata={"help": "Cap on held-out blocks evaluated."})
+    causal_attention: bool = field(
+        default=True,
+        metadata={"help": "Run attention as SDPA's causal kernel with no mask (FlashAttention/cuDNN on GPUs), also "
+                  "under torch.compile; valid because packed blocks have no padding."},
+    )
+    loss_only_in_training: bool = field(
+        default=True,
+        metadata={"help": "Training forwards return only the loss: no full-vocabulary logits copied to fp32 and no "
+                  "key/value cache built every step. Evaluation and generation are unchanged."},
+    )
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""The pretrain stage's speed settings, held in place without a GPU: one compiled graph per training step, attention
+run causal with no mask on packed blocks, the same loss as plain SDPA, and no logits out of a training forward."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+from conftest import ROOT
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments, default_data_collator
+
+from pipeline.common import trainer_defaults
+from pipeline.config import PretrainArguments, load_recipe
+from pipeline.pretrain import build_model, trainer_speed_defaults
+
+SHAPE = SimpleNamespace(n_layer=2, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
+PLAIN = PretrainArguments(causal_attention=False, loss_only_in_training=False)
+
+
+class Vocab:
+    """What `build_model` reads from a tokenizer: its length and special ids."""
+
+    eos_token_id, pad_token_id = 0, 1
+
+    def __len__(self):
+        return 100
+
+
+def model_with(stage_args: PretrainArguments, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(Vocab(), SHAPE, stage_args).train()
+
+
+def packed_blocks(seed: int = 1, batch: int = 4):
+    torch.manual_seed(seed)
+    return torch.randint(2, 100, (batch, SHAPE.n_positions))
+
+
+def attention_calls(explained):
+    return [node for graph in explained.graphs for node in graph.graph.nodes
+            if node.target is torch.nn.functional.scaled_dot_product_attention]
+
+
+@pytest.fixture(scope="module")
+def traced_training_step():
+    """The stage's training forward as torch.compile sees it under Trainer (wrapped by accelerate for bf16 mixed
+    precision): dynamo's graphs, without Inductor's code generation."""
+    torch._dynamo.reset()
+    blocks = packed_blocks()
+    model = Accelerator(mixed_precision="bf16", cpu=True).prepare(model_with(PretrainArguments()))
+    return torch._dynamo.explain(model)(input_ids=blocks, labels=blocks)
+
+
+def test_training_forward_compiles_to_one_graph(traced_training_step):
+    assert traced_training_step.graph_break_count == 0, traced_training_step.break_reasons
+    assert traced_training_step.graph_count == 1
+
+
+def test_attention_runs_causal_without_a_mask_under_compile(traced_training_step):
+    calls = attention_calls(traced_training_step)
+    assert len(calls) == SHAPE.n_layer
+    for call in calls:
+        assert call.kwargs["attn_mask"] is None
+        assert call.kwargs["is_causal"] is True
+
+
+def test_loss_and_gradients_match_plain_sdpa_under_compile():
+    """Traced by dynamo without a cache, plain SDPA gets a dense causal mask; the stage's runs causal: same numbers."""
+    blocks = packed_blocks()
+    results = []
+    for stage_args in (PretrainArguments(), PLAIN):
+        torch._dynamo.reset()
+        model = model_with(stage_args)
+        loss = torch.compile(model, backend="eager")(input_ids=blocks, labels=blocks, use_cache=False).loss
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss, grads), (plain_loss, plain_grads) = results
+    assert torch.equal(loss, plain_loss)
+    assert all(torch.equal(g, plain_g) for g, plain_g in zip(grads, plain_grads))
+
+
+def test_trainer_gets_only_the_loss_from_a_bf16_training_step(tmp_path):
+    """Through Trainer and accelerate's mixed-precision wrapper, which copies every floating output to fp32."""
+    outputs = []
+    model = model_with(PretrainArguments())
+    model.register_forward_hook(lambda module, args, kwargs, output: outputs.append(output), with_kwargs=True)
+    blocks = packed_blocks(batch=8).tolist()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, bf16=True,
+                             use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True,
+                             **trainer_speed_defaults(cuda=False))
+    Trainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": blocks, "labels": blocks}),
+            data_collator=default_data_collator).train()
+    assert len(outputs) == 2
+    assert all(set(output.keys()) == {"loss"} and torch.isfinite(output.loss) for output in outputs)
+
+    model.eval()
+    output = model(input_ids=packed_blocks(), labels=packed_blocks())
+    assert output.logits.shape == (4, SHAPE.n_positions, 128) and output.loss is not None
+
+
+def test_the_switches_turn_the_settings_off():
+    blocks = packed_blocks()
+    model = model_with(PLAIN)
+    assert model.config._attn_implementation == "sdpa"
+    assert model(input_ids=blocks, labels=blocks).logits is not None
+
+
+def test_host_waits_are_off_and_gpu_input_settings_only_with_cuda():
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml")
+    _, cpu = recipe.parse("pretrain", defaults=trainer_defaults(**trainer_speed_defaults(cuda=False)))
+    assert not cpu.logging_nan_inf_filter
+    assert cpu.dataloader_num_workers == 0 and not cpu.dataloader_pin_memory
+    assert not cpu.accelerator_config.non_blocking
+    _, gpu = recipe.parse("pretrain", defaults={"bf16": False, **trainer_speed_defaults(cuda=True)})
+    assert gpu.dataloader_num_workers == 2 and gpu.dataloader_persistent_workers and gpu.dataloader_pin_memory
+    assert gpu.accelerator_config.non_blocking and not gpu.logging_nan_inf_filter
+
+
+def test_gpu_recipe_loads_with_the_fast_settings():
+    path = ROOT / "recipes" / "gpu-124m.yaml"
+    recipe = load_recipe(path)
+    assert recipe.run_name == "gpu-124m"
+    (shape,) = recipe.parse("model")
+    assert (shape.n_layer, shape.n_embd, shape.n_head, shape.n_positions) == (12, 768, 12, 1024)
+    data, stage, training = recipe.parse_stage("pretrain", [], defaults={"bf16": False})
+    assert data.text_sources == ["hub:Salesforce/wikitext:wikitext-103-raw-v1"]
+    assert training.torch_compile and training.per_device_train_batch_size == 16
+    assert stage.causal_attention and stage.loss_only_in_training
+    assert yaml.safe_load(path.read_text())["tokenizer"]["vocab_size"] == 50257
