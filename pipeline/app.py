@@ -25,14 +25,13 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, HfArgumentParser, TextIteratorStreamer, set_seed
 
-from pipeline.chat import DECODING_FIELDS, STRATEGIES, Chat, decoding_config, reply
+from pipeline.chat import DECODING_FIELDS, STRATEGIES, STREAMED_STRATEGIES, Chat, decoding_config, reply
 from pipeline.common import load_model, load_tokenizer
 from pipeline.errors import PipelineError
 from pipeline.hub import read_metadata
 
 VOTES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 # Beam search (and reranking strategies) pick the reply among several at the end, so there is nothing to stream.
-STREAMED = ("greedy", "sample")
 # Decoding settings shown as sliders: (label, minimum, maximum, step); max_new_tokens goes up to the context.
 SLIDERS = {
     "max_new_tokens": ("Max new tokens", 1, None, 1),
@@ -40,6 +39,8 @@ SLIDERS = {
     "top_p": ("Top-p", 0.05, 1.0, 0.05),
     "repetition_penalty": ("Repetition penalty", 1.0, 2.0, 0.05),
     "num_beams": ("Beams (beam search)", 1, 8, 1),
+    "num_candidates": ("Candidates (mmi)", 1, 16, 1),
+    "mmi_lambda": ("MMI lambda (mmi)", 0.0, 1.0, 0.05),
 }
 assert set(SLIDERS) <= set(DECODING_FIELDS)
 # Replies are shown as the model wrote them (not as Markdown), with no button that shares them.
@@ -100,7 +101,7 @@ def turn_prompt(chat: Chat, text: str) -> tuple[list[int], int]:
 
 def stream_reply(chat: Chat, prompt_ids: list[int], strategy: str):
     """Yields the reply as it grows, token by token, and last the whole reply as `reply()` returns it."""
-    if strategy not in STREAMED:
+    if strategy not in STREAMED_STRATEGIES:
         yield reply(chat.model, chat.tokenizer, prompt_ids, chat.config)
         return
     streamer = TextIteratorStreamer(chat.tokenizer, skip_prompt=True, skip_special_tokens=True)

@@ -1,7 +1,12 @@
-"""Talk to a model of the hub: interactive multi-turn chat, or one reply with --prompt.
+"""Talk to a model of the hub: interactive multi-turn chat, one reply with --prompt, or one reply per line of a file.
 
     python pipeline/chat.py --model hub/quickstart-ppo
     python pipeline/chat.py --model hub/smoke-ppo --prompt "how are you ?" --strategy beam --num_beams 5 --repetition_penalty 1.2
+    python pipeline/chat.py --model hub/quickstart-ppo --prompts_file prompts.txt --strategy mmi > replies.txt
+
+Strategy mmi samples --num_candidates replies and keeps the one with the highest maximum-mutual-information score,
+log p(reply | history) - mmi_lambda * log p(reply | empty prompt) per token (Li et al. 2016), which prefers a reply
+that fits what was said over one that fits anything ("i don't know").
 
 A base model (`-base`) continues plain text instead of chatting. In the interactive mode: /reset clears the history,
 /settings shows the decoding settings, /set NAME VALUE changes one (e.g. /set temperature 0.9), /quit leaves.
@@ -10,24 +15,29 @@ A base model (`-base`) continues plain text instead of chatting. In the interact
 import copy
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParser, TextStreamer, set_seed
 
-from pipeline.common import fit_history, load_model, load_tokenizer
+from pipeline.common import MMI_DEFAULTS, fit_history, load_model, load_tokenizer, pmi_scores
 from pipeline.errors import PipelineError
 from pipeline.hub import read_metadata
 
-STRATEGIES = ("greedy", "beam", "sample")
+STRATEGIES = ("greedy", "beam", "sample", "mmi")
+STREAMED_STRATEGIES = ("greedy", "sample")  # beam search and reranking know their reply only at the end
 DECODING_FIELDS = ("max_new_tokens", "num_beams", "length_penalty", "early_stopping", "temperature", "top_k",
-                   "top_p", "repetition_penalty", "no_repeat_ngram_size")
+                   "top_p", "repetition_penalty", "no_repeat_ngram_size", "num_candidates", "mmi_lambda")
 
 
 @dataclass
 class ChatArguments:
     model: str = field(metadata={"help": "Model folder, e.g. hub/quickstart-ppo (or -sft, or -base for plain text)."})
     prompt: str | None = field(default=None, metadata={"help": "Reply to this once and exit (no interactive mode)."})
+    prompts_file: str | None = field(
+        default=None, metadata={"help": "Reply to each line of this file as a new single-turn conversation; one reply "
+                                "per line on stdout (newlines in a reply become spaces), then exit."})
     system: str | None = field(default=None, metadata={"help": "System prompt kept at the start of the history."})
-    strategy: str = field(default="sample", metadata={"help": "greedy, beam or sample.", "choices": STRATEGIES})
+    strategy: str = field(default="sample", metadata={"help": "greedy, beam, sample or mmi.", "choices": STRATEGIES})
     max_new_tokens: int | None = field(default=None, metadata={"help": "Reply length cap in tokens."})
     num_beams: int | None = field(default=None, metadata={"help": "Beams for --strategy beam (default 4)."})
     length_penalty: float | None = field(default=None, metadata={"help": "Beam search length penalty."})
@@ -37,6 +47,9 @@ class ChatArguments:
     top_p: float | None = field(default=None, metadata={"help": "Nucleus sampling mass."})
     repetition_penalty: float | None = field(default=None, metadata={"help": "Penalty > 1 discourages repeats."})
     no_repeat_ngram_size: int | None = field(default=None, metadata={"help": "Forbid repeating n-grams of this size."})
+    num_candidates: int | None = field(default=None, metadata={"help": "Sampled candidates for --strategy mmi (8)."})
+    mmi_lambda: float | None = field(
+        default=None, metadata={"help": "Weight of the reply's own likelihood subtracted by --strategy mmi (0.5)."})
     seed: int = field(default=0, metadata={"help": "Seed for sampling."})
     plain: bool = field(default=False, metadata={"help": "Continue plain text even if the model is a chat model."})
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks."})
@@ -47,7 +60,10 @@ def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> Gener
     if strategy not in STRATEGIES:
         raise PipelineError(f"unknown strategy '{strategy}'; expected one of {', '.join(STRATEGIES)}")
     config = copy.deepcopy(base)
-    config.do_sample = strategy == "sample"
+    for name, value in MMI_DEFAULTS.items():
+        if getattr(config, name, None) is None:  # a model pushed before mmi existed
+            setattr(config, name, value)
+    config.do_sample = strategy in ("sample", "mmi")
     config.num_beams = (overrides.get("num_beams") or max(base.num_beams or 1, 4)) if strategy == "beam" else 1
     if strategy != "sample":
         config.temperature, config.top_p, config.top_k = 1.0, 1.0, 50
@@ -56,6 +72,9 @@ def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> Gener
     for name, value in overrides.items():
         if value is not None and name in DECODING_FIELDS and not (name == "num_beams" and strategy != "beam"):
             setattr(config, name, value)
+    if strategy == "mmi" and config.num_candidates < 1:
+        raise PipelineError(f"num_candidates must be at least 1, got {config.num_candidates}")
+    config.num_return_sequences = config.num_candidates if strategy == "mmi" else 1
     return config
 
 
@@ -66,12 +85,24 @@ def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, str
     import torch
 
     input_ids = torch.tensor([prompt_ids], device=model.device)
-    if streamer is None and stream:
+    candidates = config.num_return_sequences or 1
+    if streamer is None and stream and candidates == 1:
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
-                             streamer=streamer)
-    return tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True).strip()
+                             streamer=streamer if candidates == 1 else None)
+    replies = [r.strip() for r in tokenizer.batch_decode(out[:, len(prompt_ids):], skip_special_tokens=True)]
+    if candidates == 1:
+        return replies[0]
+    return mmi_rerank(model, tokenizer, prompt_ids, replies, config.mmi_lambda)
+
+
+def mmi_rerank(model, tokenizer, prompt_ids: list[int], candidates: list[str], mmi_lambda: float) -> str:
+    """The candidate with the highest per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty prompt);
+    an empty reply only when every candidate is empty."""
+    unique = list(dict.fromkeys(c for c in candidates if c)) or [""]
+    scores = pmi_scores(model, tokenizer, [prompt_ids] * len(unique), unique, mmi_lambda)
+    return max(zip(scores, unique))[1]
 
 
 def decode(model, tokenizer, text: str, strategy: str = "greedy", max_len: int = 50, beam_width: int = 5,
@@ -162,7 +193,7 @@ def interactive(chat: Chat, args: ChatArguments):
             except ValueError as err:
                 print(f"(error: {err})")
             continue
-        stream = strategy != "beam"
+        stream = strategy in STREAMED_STRATEGIES
         try:
             if stream:
                 print("bot> ", end="", flush=True)
@@ -174,6 +205,15 @@ def interactive(chat: Chat, args: ChatArguments):
             print(f"bot> {answer}")
         if dropped:
             print(f"(dropped {dropped} oldest turn(s) to fit the context window)")
+
+
+def read_prompts(path: str) -> list[str]:
+    try:
+        return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: prompts file not found") from None
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: not valid UTF-8 at byte {err.start}; expected one prompt per line") from None
 
 
 def main():
@@ -188,6 +228,10 @@ def main():
         chat = Chat(model, tokenizer, config, args.system, plain)
         if args.prompt is not None:
             print(chat.say(args.prompt)[0])
+        elif args.prompts_file is not None:
+            for prompt in read_prompts(args.prompts_file):
+                chat.history = []
+                print(" ".join(chat.say(prompt)[0].split()) if prompt else "", flush=True)
         else:
             interactive(chat, args)
     except PipelineError as err:

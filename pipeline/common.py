@@ -51,7 +51,8 @@ def use_cpu_cores():
 
     if not torch.accelerator.is_available():
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        torch.set_num_threads(max(1, (psutil.cpu_count(logical=False) or 1) // processes))
+        threads = int(os.environ.get("MINICHATGPT_CPU_THREADS", "0"))  # to run jobs side by side without oversubscribing
+        torch.set_num_threads(threads or max(1, (psutil.cpu_count(logical=False) or 1) // processes))
 
 
 def require_model_folder(path: str | os.PathLike, what: str) -> Path:
@@ -170,6 +171,11 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
+# Maximum-mutual-information reranking (`chat.py --strategy mmi`): sampled candidates, and the weight of the reply's
+# own likelihood subtracted from its likelihood given the conversation.
+MMI_DEFAULTS = {"num_candidates": 8, "mmi_lambda": 0.5}
+
+
 def chat_generation_config(tokenizer, max_new_tokens: int = 64, repetition_penalty: float = 1.2):
     """Defaults shipped with every chat model: stop at the end of the turn, sample, penalise repetition."""
     from transformers import GenerationConfig
@@ -184,6 +190,7 @@ def chat_generation_config(tokenizer, max_new_tokens: int = 64, repetition_penal
         top_p=0.9,
         top_k=0,
         repetition_penalty=repetition_penalty,
+        **MMI_DEFAULTS,
     )
 
 
@@ -285,16 +292,17 @@ def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[in
     return totals
 
 
-def pmi_scores(model, tokenizer, histories: list[list[dict]], replies: list[str], mmi_lambda: float = 1.0,
+def pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[str], mmi_lambda: float = 1.0,
                batch_size: int = 32) -> list[float]:
-    """Per-token log p(reply | history) - mmi_lambda * log p(reply | empty prompt): how much the history explains the
-    reply beyond the reply's own likelihood (pointwise mutual information at mmi_lambda = 1)."""
+    """Per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty prompt) for rendered prompts (token ids
+    ending with the generation prompt): how much the prompt explains the reply beyond the reply's own likelihood
+    (pointwise mutual information at mmi_lambda = 1)."""
     reply_ids = [reply_token_ids(tokenizer, r) for r in replies]
-    prompts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, return_dict=False) for h in histories]
     conditional = reply_log_likelihoods(model, prompts, reply_ids, batch_size)
+    if not mmi_lambda:
+        return [c / len(ids) for c, ids in zip(conditional, reply_ids)]
     empty = tokenizer.apply_chat_template(EMPTY_PROMPT, add_generation_prompt=True, return_dict=False)
-    prior = reply_log_likelihoods(model, [empty] * len(replies), reply_ids, batch_size) if mmi_lambda else [0.0] * len(
-        replies)
+    prior = reply_log_likelihoods(model, [empty] * len(replies), reply_ids, batch_size)
     return [(c - mmi_lambda * u) / len(ids) for c, u, ids in zip(conditional, prior, reply_ids)]
 
 

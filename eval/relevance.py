@@ -1,0 +1,45 @@
+"""Relevance of replies to what was said, measured independently of the reward model: next-reply ranking under a
+model's own likelihood, and the specificity of generated replies under an independent sentence-embedding model.
+Evaluation only: nothing here chooses training data or rewards."""
+
+import random
+
+from eval.metrics import load_metric
+from pipeline.data import prompt_reply_pairs
+
+CANDIDATE_POOL = 50
+
+
+def ranking_rows(conversations, context_turns: int, candidates: int = 10, max_contexts: int = 200, seed: int = 0
+                 ) -> list[tuple[list[dict], list[str]]]:
+    """(history, [real reply, k-1 replies from other conversations closest in length of a random pool]) for up to
+    `max_contexts` held-out contexts; seeded, so every model is ranked on the same candidates."""
+    rng = random.Random(seed)
+    pairs = [(index, history, reply) for index, messages in enumerate(conversations)
+             for history, reply in prompt_reply_pairs([messages], context_turns)]
+    rng.shuffle(pairs)
+    rows = []
+    for index, history, reply in pairs[:max_contexts]:
+        pool = [text for other, _, text in rng.sample(pairs, min(CANDIDATE_POOL, len(pairs)))
+                if other != index and text != reply]
+        words = len(reply.split())
+        pool = sorted(dict.fromkeys(pool), key=lambda text: abs(len(text.split()) - words))
+        rows.append((history, [reply] + pool[: candidates - 1]))
+    return rows
+
+
+def next_reply_recall(model_dir, tokenizer, rows) -> dict:
+    contexts = [tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+                for history, _ in rows]
+    return load_metric("next_reply_ranking").compute(predictions=[c for _, c in rows], references=contexts,
+                                                     model_id=str(model_dir))
+
+
+def last_user_turn(history: list[dict]) -> str:
+    return next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
+
+
+def reply_specificity(histories: list[list[dict]], replies: list[str], human_replies: list[str]) -> dict:
+    return load_metric("reply_specificity").compute(predictions=replies,
+                                                    references=[last_user_turn(h) for h in histories],
+                                                    human_replies=human_replies)
