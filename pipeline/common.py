@@ -291,11 +291,17 @@ def pmi_scores(model, tokenizer, histories: list[list[dict]], replies: list[str]
     reply beyond the reply's own likelihood (pointwise mutual information at mmi_lambda = 1)."""
     reply_ids = [reply_token_ids(tokenizer, r) for r in replies]
     prompts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, return_dict=False) for h in histories]
-    conditional = reply_log_likelihoods(model, prompts, reply_ids, batch_size)
+    return token_pmi_scores(model, tokenizer, prompts, reply_ids, mmi_lambda, batch_size)
+
+
+def token_pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[list[int]], mmi_lambda: float = 1.0,
+                     batch_size: int = 32) -> list[float]:
+    """`pmi_scores` on token ids: rendered prompts (generation prompt included) and the replies' tokens."""
+    conditional = reply_log_likelihoods(model, prompts, replies, batch_size)
     empty = tokenizer.apply_chat_template(EMPTY_PROMPT, add_generation_prompt=True, return_dict=False)
-    prior = reply_log_likelihoods(model, [empty] * len(replies), reply_ids, batch_size) if mmi_lambda else [0.0] * len(
+    prior = reply_log_likelihoods(model, [empty] * len(replies), replies, batch_size) if mmi_lambda else [0.0] * len(
         replies)
-    return [(c - mmi_lambda * u) / len(ids) for c, u, ids in zip(conditional, prior, reply_ids)]
+    return [(c - mmi_lambda * u) / max(len(ids), 1) for c, u, ids in zip(conditional, prior, replies)]
 
 
 def fit_context(recipe, section: str, max_length: int | None, context: int) -> int:
