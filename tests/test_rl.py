@@ -24,17 +24,18 @@ def tokenizer(smoke_run):
 def topic_model(tokenizer):
     """A tiny GPT-2 trained for a few steps to answer "i like X" with "X are great": the context decides the reply."""
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=64, n_layer=2, n_head=2,
-                                       pad_token_id=tokenizer.pad_token_id))
-    rows = [tokenizer.apply_chat_template(conversation(topic), return_dict=False) for topic in TOPICS]
-    width = max(map(len, rows))
-    input_ids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
-    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    labels = input_ids.masked_fill(attention == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(120):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        loss.backward()
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                                       eos_token_id=tokenizer.eos_token_id))
+    rows = [tokenizer.apply_chat_template(conversation(topic), return_dict=True, return_assistant_tokens_mask=True)
+            for topic in TOPICS]
+    width = max(len(row["input_ids"]) for row in rows)
+    input_ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in rows])
+    replies = torch.tensor([r["assistant_masks"] + [0] * (width - len(r["assistant_masks"])) for r in rows])
+    labels = input_ids.masked_fill(replies == 0, -100)  # padding is never a label, so it needs no attention mask
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(90):
+        model(input_ids=input_ids, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
     return model.eval()
@@ -44,7 +45,8 @@ def topic_model(tokenizer):
 def reward_model(tokenizer):
     torch.manual_seed(1)
     return GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1,
-                                                    n_head=2, num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+                                                    n_head=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                                                    bos_token_id=None, eos_token_id=tokenizer.eos_token_id)).eval()
 
 
 def conversation(topic, reply=None):
@@ -60,8 +62,8 @@ def reply_ids(tokenizer, text, end=True):
     return tokenizer(text + ("<|end|>" if end else ""), add_special_tokens=False)["input_ids"]
 
 
-def composite(reward_model, topic_model, tokenizer, **weights):
-    return CompositeReward(reward_model, topic_model, tokenizer, weights=weights, end_token_id=tokenizer.eos_token_id)
+def composite(scorer, reference, tokenizer, **weights):
+    return CompositeReward(scorer, reference, tokenizer, weights=weights, end_token_id=tokenizer.eos_token_id)
 
 
 def test_a_loop_and_a_missing_end_token_are_penalised(tokenizer, reward_model, topic_model):
@@ -81,7 +83,8 @@ def test_a_reply_to_another_context_gets_a_lower_relevance_term(tokenizer, rewar
     replies = [reply_ids(tokenizer, f"{topic} are great") for topic in TOPICS]
     own = reward.part("relevance", [prompt_ids(tokenizer, t) for t in TOPICS], replies)
     other = reward.part("relevance", [prompt_ids(tokenizer, t) for t in TOPICS[1:] + TOPICS[:1]], replies)
-    assert all(o < s - 0.5 for s, o in zip(own, other)), (own, other)
+    gaps = [s - o for s, o in zip(own, other)]
+    assert min(gaps) > 0.25 and sum(gaps) / len(gaps) > 1.0, gaps
 
 
 def test_reward_model_score_is_standardised_on_the_first_batch_then_kept(tokenizer, reward_model, topic_model):
@@ -116,8 +119,8 @@ def test_ppo_reads_the_composite_like_a_reward_model(tokenizer, reward_model, to
     expected = reward(prompts, replies, skip=("end_of_turn",))
     assert scores.tolist() == pytest.approx(expected, abs=1e-5)
     funcs, weights = rloo_reward_funcs(reward)
-    assert [f.__name__ for f in funcs] == ["reward_model", "repetition", "end_of_turn", "relevance"]
-    assert weights == [1.0, 1.0, 1.0, 0.5]
+    assert [f.__name__ for f in funcs] == ["reward_model", "repetition", "relevance", "end_of_turn"]
+    assert weights == [1.0, 1.0, 0.5, 1.0]
 
 
 def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
