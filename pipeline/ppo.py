@@ -57,7 +57,7 @@ def fit_conversations(tokenizer, conversations: list[list[dict]], max_tokens: in
     conversations, not token ids); one whose last turn alone is too long is left out."""
     fitted = []
     for messages in conversations:
-        ids, dropped = fit_history(tokenizer, messages, max_tokens)
+        _, dropped = fit_history(tokenizer, messages, max_tokens)
         keep_first = 1 if messages[0]["role"] == "system" else 0
         trimmed = messages[:keep_first] + messages[keep_first + dropped :]
         if len(tokenizer.apply_chat_template(trimmed, add_generation_prompt=True, return_dict=False)) <= max_tokens:
