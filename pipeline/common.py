@@ -298,12 +298,18 @@ def pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[str], m
     ending with the generation prompt): how much the prompt explains the reply beyond the reply's own likelihood
     (pointwise mutual information at mmi_lambda = 1)."""
     reply_ids = [reply_token_ids(tokenizer, r) for r in replies]
-    conditional = reply_log_likelihoods(model, prompts, reply_ids, batch_size)
+    return token_pmi_scores(model, tokenizer, prompts, reply_ids, mmi_lambda, batch_size)
+
+
+def token_pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[list[int]], mmi_lambda: float = 1.0,
+                     batch_size: int = 32) -> list[float]:
+    """`pmi_scores` on the replies' token ids."""
+    conditional = reply_log_likelihoods(model, prompts, replies, batch_size)
     if not mmi_lambda:
-        return [c / len(ids) for c, ids in zip(conditional, reply_ids)]
+        return [c / max(len(ids), 1) for c, ids in zip(conditional, replies)]
     empty = tokenizer.apply_chat_template(EMPTY_PROMPT, add_generation_prompt=True, return_dict=False)
-    prior = reply_log_likelihoods(model, [empty] * len(replies), reply_ids, batch_size)
-    return [(c - mmi_lambda * u) / len(ids) for c, u, ids in zip(conditional, prior, reply_ids)]
+    prior = reply_log_likelihoods(model, [empty] * len(replies), replies, batch_size)
+    return [(c - mmi_lambda * u) / max(len(ids), 1) for c, u, ids in zip(conditional, prior, replies)]
 
 
 def fit_context(recipe, section: str, max_length: int | None, context: int) -> int:

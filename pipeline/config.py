@@ -134,6 +134,33 @@ class PPOArguments:
     compare_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the final SFT vs PPO comparison."})
     guard_prompts: int = field(default=8, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
     max_kl: float = field(default=20.0, metadata={"help": "Stop when the KL to the SFT policy exceeds this."})
+    algorithm: Literal["ppo", "rloo"] = field(
+        default="ppo", metadata={"help": "ppo: trl.experimental.ppo.PPOTrainer; rloo: trl.RLOOTrainer (REINFORCE with a "
+                                 "leave-one-out baseline, no value model). Both push {run_name}-ppo."}
+    )
+    rloo_num_generations: int = field(
+        default=4, metadata={"help": "RLOO: replies sampled per prompt; each is judged against the mean of the others."}
+    )
+    reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
+    normalize_reward_model: bool = field(
+        default=True, metadata={"help": "Standardise the reward model's score by its mean and std over the first "
+                                "scored rollout batch (the SFT policy's replies)."}
+    )
+    repetition_weight: float = field(
+        default=1.0, metadata={"help": "Weight of the repetition penalty: minus the share of repeated token n-grams."}
+    )
+    repetition_ngram: int = field(default=3, metadata={"help": "n of the repetition penalty's n-grams."})
+    relevance_weight: float = field(
+        default=0.5, metadata={"help": "Weight of the relevance bonus: per-token log p(reply | context) - log p(reply | "
+                               "empty prompt) under the SFT model."}
+    )
+    kl_target: float | None = field(
+        default=None, metadata={"help": "KL budget: above it kl_coef grows, below it shrinks (adaptive KL controller); "
+                                "None keeps kl_coef fixed."}
+    )
+    kl_adapt_rate: float = field(
+        default=0.1, metadata={"help": "Largest relative change of kl_coef per log step under kl_target."}
+    )
 
 
 @dataclass

@@ -1,26 +1,32 @@
-"""RLHF: PPO (TRL, trl==1.12.0) moves the SFT policy toward higher reward-model scores under a KL leash;
-pushes {hub_dir}/{run_name}-ppo, the chat model.
+"""RLHF: PPO (trl.experimental.ppo.PPOTrainer, trl==1.12.0) or RLOO (trl.RLOOTrainer) moves the SFT policy toward a
+higher composite reward (reward model + repetition, end-of-turn and relevance terms, pipeline/rewards.py) under a KL
+leash; pushes {hub_dir}/{run_name}-ppo, the chat model, whichever the algorithm.
 
-    accelerate launch pipeline/ppo.py --config recipes/smoke.yaml [--kl_coef 0.1 --total_episodes 2000]
+    accelerate launch pipeline/ppo.py --config recipes/smoke.yaml [--algorithm rloo --seed 1 --kl_coef 0.1]
 """
 
 import logging
 import math
 import time
+from dataclasses import fields
 
+from accelerate import PartialState
 from datasets import Dataset
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     GenerationConfig,
     TrainerCallback,
+    TrainingArguments,
     set_seed,
 )
+from trl import RLOOConfig, RLOOTrainer
 from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
 from pipeline.common import (
     chat_generation_config,
+    fit_history,
     generate_replies,
     last_logged,
     load_model,
@@ -35,6 +41,7 @@ from pipeline.common import (
 from pipeline.data import load_dialogs, prompt_reply_pairs, split_eval
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
+from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
 
 logger = logging.getLogger("minichatgpt.ppo")
 
@@ -43,6 +50,30 @@ def prompt_conversations(dialogs, context_turns: int, limit: int | None) -> list
     """Conversation prefixes of at most `context_turns` turns that end at a user turn followed by a reply."""
     prompts = [history for history, _ in prompt_reply_pairs(dialogs["messages"], context_turns)]
     return prompts if limit is None else prompts[:limit]
+
+
+def fit_conversations(tokenizer, conversations: list[list[dict]], max_tokens: int) -> list[list[dict]]:
+    """The conversations with their oldest turns dropped until they fit in `max_tokens` once rendered (RLOO takes
+    conversations, not token ids); one whose last turn alone is too long is left out."""
+    fitted = []
+    for messages in conversations:
+        _, dropped = fit_history(tokenizer, messages, max_tokens)
+        keep_first = 1 if messages[0]["role"] == "system" else 0
+        trimmed = messages[:keep_first] + messages[keep_first + dropped :]
+        if len(tokenizer.apply_chat_template(trimmed, add_generation_prompt=True, return_dict=False)) <= max_tokens:
+            fitted.append(trimmed)
+    return fitted
+
+
+def rl_log_values(logs: dict) -> tuple[float, float] | None:
+    """(mean reward, mean KL to the SFT policy per reply) of a training log of either trainer, or None for other logs:
+    PPOTrainer logs `objective/scores` and the summed `objective/kl`; RLOOTrainer logs `reward` and a per-token `kl`,
+    which times `completions/mean_length` is the same summed estimate (log p_policy - log p_SFT over the reply)."""
+    if "objective/scores" in logs:
+        return logs["objective/scores"], logs["objective/kl"]
+    if "reward" in logs and "kl" in logs:
+        return logs["reward"], logs["kl"] * logs["completions/mean_length"]
+    return None
 
 
 class RLHFGuards(TrainerCallback):
@@ -56,29 +87,37 @@ class RLHFGuards(TrainerCallback):
         self.history, self.warnings = [], {}
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
-        if not logs or "objective/scores" not in logs:
+        values = rl_log_values(logs or {})
+        if values is None:
             return
+        score, kl = values
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise PipelineError(f"PPO step {state.global_step}: non-finite {', '.join(bad)}; stopped, nothing pushed "
                                 "(lower the learning rate, check the reward model)")
-        if logs["objective/kl"] > self.max_kl:
-            raise PipelineError(f"PPO step {state.global_step}: KL to the SFT policy {logs['objective/kl']:.2f} > "
+        if kl > self.max_kl:
+            raise PipelineError(f"PPO step {state.global_step}: KL to the SFT policy {kl:.2f} > "
                                 f"ppo.max_kl={self.max_kl}; stopped, nothing pushed (raise kl_coef)")
-        replies = generate_replies(model.policy, self.tokenizer, self.prompts, max_prompt_tokens=self.max_prompt_tokens,
+        policy = getattr(model, "policy", model)  # PPOTrainer's model wraps policy and value model
+        training = policy.training
+        replies = generate_replies(policy, self.tokenizer, self.prompts, max_prompt_tokens=self.max_prompt_tokens,
                                    do_sample=False, repetition_penalty=1.0, max_new_tokens=self.max_new_tokens,
                                    eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        policy.train(training)
         row = {
             "step": state.global_step,
-            "score": logs["objective/scores"],
-            "kl": logs["objective/kl"],
+            "score": score,
+            "kl": kl,
             "distinct_2": self.distinct.compute(predictions=replies)["distinct_2"],
             "unique_replies": len(set(replies)) / len(replies),
             "reply_words": sum(len(r.split()) for r in replies) / len(replies),
         }
         first = self.history[0] if self.history else row
         self.history.append(row)
-        logs.update({f"guard/{k}": v for k, v in row.items() if k not in ("step", "score", "kl")})
+        guard_values = {f"guard/{k}": v for k, v in row.items() if k not in ("step", "score", "kl")}
+        logs.update(guard_values)
+        # The same keys in the log history for both algorithms: the model card's plot and eval/run.py read them.
+        state.log_history[-1].update({"objective/scores": score, "objective/kl": kl, **guard_values})
         if row["score"] > first["score"] and row["distinct_2"] < 0.9 * first["distinct_2"]:
             self._warn(state, "possible reward hacking",
                        f"reward up ({first['score']:.3f} -> {row['score']:.3f}) while distinct-2 of the replies fell "
@@ -105,6 +144,24 @@ class RLHFGuards(TrainerCallback):
         return f"{first:.3f} -> {last:.3f} ({'rising' if last > first else 'flat or falling'})"
 
 
+class AdaptiveKL(TrainerCallback):
+    """The KL budget: after each training log, the KL coefficient grows when the KL to the SFT policy is above
+    `target` and shrinks when below, by at most `rate` of itself (the proportional controller of Ziegler et al.,
+    2019). `read` and `write` reach the trainer's coefficient: PPOTrainer reads `args.kl_coef` at every rollout,
+    RLOOTrainer `trainer.beta`."""
+
+    def __init__(self, target: float, rate: float, read, write):
+        self.target, self.rate, self.read, self.write = target, rate, read, write
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        values = rl_log_values(logs or {})
+        if values is None:
+            return
+        error = max(-1.0, min(1.0, values[1] / self.target - 1.0))
+        self.write(self.read() * (1.0 + self.rate * error))
+        state.log_history[-1]["objective/kl_coef"] = self.read()
+
+
 def compare(sft, ppo, reward_model, tokenizer, prompts, max_prompt_tokens, max_new_tokens) -> tuple[dict, list]:
     """SFT vs PPO replies (greedy) to held-out prompts, judged by the reward model."""
     settings = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": max_new_tokens,
@@ -124,6 +181,25 @@ def compare(sft, ppo, reward_model, tokenizer, prompts, max_prompt_tokens, max_n
             result[f"{name}_{key}"] = value
     samples = [(p[-1]["content"], s, q) for p, s, q in zip(prompts, replies["sft"], replies["ppo"])]
     return {k: round(v, 4) for k, v in result.items()}, samples
+
+
+def rloo_config(config, stage_args, reward_weights: list[float]) -> RLOOConfig:
+    """RLOO's settings from the same `ppo` section: the training arguments as they are, and PPO's knobs under their
+    RLOO names. Both count `total_episodes` as replies sampled; a batch of replies is used num_ppo_epochs times."""
+    replies_per_batch = (config.per_device_train_batch_size * config.gradient_accumulation_steps
+                         * PartialState().num_processes)
+    if replies_per_batch % stage_args.rloo_num_generations:
+        raise PipelineError(f"ppo.rloo_num_generations ({stage_args.rloo_num_generations}) must divide the replies "
+                            f"per batch, per_device_train_batch_size x gradient_accumulation_steps x processes "
+                            f"({replies_per_batch})")
+    if config.kl_coef <= 0:
+        raise PipelineError("ppo.kl_coef must be above 0 with algorithm rloo: its KL to the SFT policy is only "
+                            "measured when it is penalised, and the guards watch it")
+    training = {f.name: getattr(config, f.name) for f in fields(TrainingArguments) if f.init}
+    training["max_steps"] = math.ceil(config.total_episodes / replies_per_batch) * config.num_ppo_epochs
+    return RLOOConfig(**training, beta=config.kl_coef, max_completion_length=config.response_length,
+                      temperature=config.temperature, top_k=0, num_generations=stage_args.rloo_num_generations,
+                      num_iterations=config.num_ppo_epochs, epsilon=config.cliprange, reward_weights=reward_weights)
 
 
 def main(recipe, overrides):
@@ -151,7 +227,6 @@ def main(recipe, overrides):
     ref_policy = load_model(sft_path, AutoModelForCausalLM, "SFT model")
     reward_model = load_model(reward_path, AutoModelForSequenceClassification, "reward model", tokenizer=tokenizer,
                               num_labels=1)
-    value_model = load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1)
     context = policy.config.max_position_embeddings
     max_prompt_tokens = min(stage_args.max_prompt_length, context - config.response_length)
     if max_prompt_tokens <= 0:
@@ -163,40 +238,68 @@ def main(recipe, overrides):
     eval_prompts = prompt_conversations(eval_dialogs, stage_args.context_turns, stage_args.compare_prompts)
     if not train_prompts or not eval_prompts:
         raise PipelineError("no prompts: the dialogs have no user turn followed by an assistant reply")
-    train_set = Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)})
-    eval_set = Dataset.from_dict({"input_ids": render_prompts(tokenizer, eval_prompts, max_prompt_tokens)})
-    print(f"ppo data: {len(train_set)} training prompts, {len(eval_set)} held-out prompts")
 
+    # PPO's end-of-turn penalty is PPOConfig's own missing_eos_penalty, applied by PPOTrainer; RLOO gets the same
+    # rule from the composite with that weight.
+    composite = CompositeReward(
+        reward_model, ref_policy, tokenizer, end_token_id=tokenizer.eos_token_id,
+        weights={"reward_model": stage_args.reward_model_weight, "repetition": stage_args.repetition_weight,
+                 "end_of_turn": config.missing_eos_penalty or 0.0, "relevance": stage_args.relevance_weight},
+        repetition_ngram=stage_args.repetition_ngram, normalize_reward_model=stage_args.normalize_reward_model)
     guards = RLHFGuards(tokenizer, eval_prompts[: stage_args.guard_prompts], stage_args.max_kl, max_prompt_tokens,
                         config.response_length)
-    trainer = PPOTrainer(
-        args=config,
-        processing_class=tokenizer,
-        model=policy,
-        ref_model=ref_policy,
-        reward_model=reward_model,
-        value_model=value_model,
-        train_dataset=train_set,
-        eval_dataset=eval_set,
-        callbacks=[guards],
-    )
+    if stage_args.algorithm == "ppo":
+        train_set = Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)})
+        eval_set = Dataset.from_dict({"input_ids": render_prompts(tokenizer, eval_prompts, max_prompt_tokens)})
+        trainer = PPOTrainer(
+            args=config,
+            processing_class=tokenizer,
+            model=policy,
+            ref_model=ref_policy,
+            reward_model=PPORewardModel(composite, tokenizer.convert_tokens_to_ids("<|end|>"),
+                                        tokenizer.convert_tokens_to_ids("<|assistant|>")),
+            value_model=load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1),
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            callbacks=[guards],
+        )
+        kl_coef = (lambda: trainer.args.kl_coef, lambda value: setattr(trainer.args, "kl_coef", value))
+    else:
+        train_set = Dataset.from_dict({"prompt": fit_conversations(tokenizer, train_prompts, max_prompt_tokens)})
+        reward_funcs, reward_weights = rloo_reward_funcs(composite)
+        trainer = RLOOTrainer(model=policy, reward_funcs=reward_funcs,
+                              args=rloo_config(config, stage_args, reward_weights), train_dataset=train_set,
+                              processing_class=tokenizer, callbacks=[guards])
+        for model in (ref_policy, reward_model):
+            model.to(trainer.accelerator.device)
+        kl_coef = (lambda: trainer.beta, lambda value: setattr(trainer, "beta", value))
+    print(f"{stage_args.algorithm} data: {len(train_set)} training prompts, {len(eval_prompts)} held-out prompts")
+    if stage_args.kl_target is not None:
+        trainer.add_callback(AdaptiveKL(stage_args.kl_target, stage_args.kl_adapt_rate, *kl_coef))
+
     start = time.time()
     trainer.train()
     wall = time.time() - start
 
-    policy = trainer.accelerator.unwrap_model(trainer.model).policy
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    policy = getattr(policy, "policy", policy)
     policy.generation_config = chat_generation_config(tokenizer)
     comparison, samples = compare(ref_policy, policy, reward_model, tokenizer, eval_prompts, max_prompt_tokens,
                                   config.response_length)
     final_kl = last_logged(trainer.state.log_history, "objective/kl")
+    if stage_args.algorithm == "ppo":
+        episodes = trainer.state.episode
+    else:
+        episodes = trainer.state.global_step // trainer.args.num_iterations * trainer.args.generation_batch_size
     metrics = {
         **comparison,
         "final_kl": round(final_kl, 4) if final_kl is not None else None,
-        "episodes": trainer.state.episode,
+        "final_kl_coef": round(kl_coef[0](), 5),
+        "episodes": episodes,
         "wall_seconds": round(wall, 1),
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
-    print("ppo summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    print(f"{stage_args.algorithm} summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     for line in guards.warning_lines():
         print(f"guard: {line}")
     if not trainer.is_world_process_zero():
@@ -206,20 +309,24 @@ def main(recipe, overrides):
         policy.save_pretrained(folder)
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(folder)
-        plot_curves(trainer.state.log_history, {"objective/scores": "reward-model score", "objective/kl": "KL to SFT"},
-                    folder / "ppo_curve.png", f"{recipe.hub_name('ppo')} PPO")
+        plot_curves(trainer.state.log_history, {"objective/scores": "composite reward", "objective/kl": "KL to SFT"},
+                    folder / "ppo_curve.png", f"{recipe.hub_name('ppo')} {stage_args.algorithm.upper()}")
 
     sample_rows = "\n".join(f"| {p} | {s} | {q} |" for p, s, q in samples[:8])
     guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
     name = recipe.hub_name("ppo")
+    trainer_name = ("PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)" if stage_args.algorithm == "ppo" else
+                    f"RLOO (TRL `trl.RLOOTrainer`, {stage_args.rloo_num_generations} replies per prompt)")
+    weights = ", ".join(f"{part} {weight}" for part, weight in composite.weights.items())
     body = f"""# {name}
 
-The chat model of the minichatgpt run `{recipe.run_name}`: `{sft_path}` trained with PPO (TRL
-`trl.experimental.ppo.PPOTrainer`, trl 1.12.0) against the reward model `{reward_path}`, with a KL penalty
-(kl_coef={config.kl_coef}) to the SFT policy. {trainer.state.episode} episodes, response length
-{config.response_length}, {config.num_ppo_epochs} PPO epochs per batch.
+The chat model of the minichatgpt run `{recipe.run_name}`: `{sft_path}` trained with {trainer_name} against a
+composite reward (weights: {weights}; reward model `{reward_path}`, standardised:
+{stage_args.normalize_reward_model}), with a KL penalty (kl_coef={config.kl_coef}, KL target {stage_args.kl_target}) to
+the SFT policy. {episodes} episodes, response length {config.response_length}, {config.num_ppo_epochs} epochs per
+batch, seed {config.seed}.
 
-## PPO vs SFT on {len(eval_prompts)} held-out prompts (greedy replies, judged by the reward model)
+## {stage_args.algorithm.upper()} vs SFT on {len(eval_prompts)} held-out prompts (greedy replies, judged by the reward model)
 
 {metrics_table(metrics)}
 
@@ -237,7 +344,9 @@ KL trend: {guards.kl_trend()}. Warnings:
 ![PPO reward and KL](ppo_curve.png)
 """
     target = push(recipe.run.hub_dir, name, write,
-                  metadata={"stage": "ppo", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
+                  metadata={"stage": "ppo", "algorithm": stage_args.algorithm, "seed": config.seed,
+                            "reward_weights": composite.weights, "parent": recipe.hub_name("sft"),
+                            "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "guards": {"history": guards.history, "warnings": guards.warnings},
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},

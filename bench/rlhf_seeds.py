@@ -1,0 +1,168 @@
+"""RL over seeds: runs the real RL stage (pipeline/ppo.py) from the same SFT and reward models with several seeds for
+each algorithm, evaluates every resulting policy on the held-out dialogs, and prints the numbers per seed and as
+mean ± std, so that a gain over SFT can be told from noise.
+
+    python bench/rlhf_seeds.py                                                # after the quickstart run
+    python bench/rlhf_seeds.py --recipe recipes/smoke.yaml --seeds 2 --algorithms rloo --json seeds.json
+
+Each run is `pipeline/ppo.py --seed S --algorithm A` on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose
+hub is {output_root}/{run}/rlhf_seeds/hub (the run's SFT and reward models linked in), so the run's own hub is never
+written. Per policy, on the recipe's held-out prompts (greedy replies, eval.max_new_tokens): reward-model win rate
+against SFT, next-reply recall@1 of 10 under the policy's likelihood, reply specificity and echo rate under an
+independent sentence-embedding model, repeated-3-gram rate, distinct-2, reply length in words, and the final KL to
+SFT the stage logged.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from eval.metrics import load_metric
+from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
+from pipeline.common import generate_replies, load_model, load_tokenizer, score_conversations, trainer_defaults
+from pipeline.config import load_recipe
+from pipeline.data import load_dialogs, prompt_reply_pairs, split_eval
+from pipeline.errors import PipelineError
+
+ROOT = Path(__file__).resolve().parent.parent
+FIELDS = ("win_rate", "recall_at_1", "specificity", "echo_rate", "repeated_3gram", "distinct_2", "reply_words",
+          "final_kl")
+
+
+def seed_recipe(recipe, work: Path, algorithm: str, seed: int) -> Path:
+    """A copy of the recipe writing to the benchmark's hub under its own run name, the run's SFT and reward models
+    linked in under that name."""
+    name = f"{recipe.run_name}-{algorithm}-s{seed}"
+    hub = work / "hub"
+    hub.mkdir(parents=True, exist_ok=True)
+    for stage in ("sft", "reward"):
+        link = hub / f"{name}-{stage}"
+        if not link.exists():
+            link.symlink_to(recipe.hub_path(stage).resolve(), target_is_directory=True)
+    raw = yaml.safe_load(recipe.path.read_text(encoding="utf-8"))
+    raw.update(run_name=name, hub_dir=str(hub), output_root=str(work / "runs"))
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def run_stage(recipe_path: Path, algorithm: str, seed: int):
+    command = [sys.executable, str(ROOT / "pipeline" / "ppo.py"), "--config", str(recipe_path), "--seed", str(seed),
+               "--algorithm", algorithm]
+    print("$ " + " ".join(command), flush=True)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise PipelineError(f"{algorithm} seed {seed} failed:\n{result.stderr.strip()[-2000:]}")
+
+
+class Evaluator:
+    """Everything that is the same for every policy: held-out prompts and their real replies, ranking candidates,
+    the reward model, the SFT policy's replies and scores."""
+
+    def __init__(self, recipe):
+        data_args, eval_args = recipe.parse_stage("eval", [])
+        ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
+        held_out = split_eval(load_dialogs(data_args), data_args)[1]["messages"]
+        pairs = prompt_reply_pairs(held_out, ppo_args.context_turns)[: eval_args.max_prompts]
+        self.prompts, self.human_replies = [h for h, _ in pairs], [r for _, r in pairs]
+        self.rows = ranking_rows(held_out, ppo_args.context_turns, max_contexts=eval_args.max_prompts)
+        self.sft_path = recipe.hub_path("sft")
+        self.tokenizer = load_tokenizer(self.sft_path, "SFT model's tokenizer")
+        self.reward_model = load_model(recipe.hub_path("reward"), AutoModelForSequenceClassification, "reward model",
+                                       num_labels=1)
+        self.max_new_tokens = eval_args.max_new_tokens
+        self.sft = self.policy_metrics(self.sft_path)
+
+    def replies(self, model) -> list[str]:
+        budget = model.config.max_position_embeddings - self.max_new_tokens
+        return generate_replies(model, self.tokenizer, self.prompts, max_prompt_tokens=budget, do_sample=False,
+                                repetition_penalty=1.0, max_new_tokens=self.max_new_tokens,
+                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+
+    def policy_metrics(self, folder: Path) -> dict:
+        model = load_model(folder, AutoModelForCausalLM, "policy", tokenizer=self.tokenizer)
+        replies = self.replies(model)
+        scores = score_conversations(self.reward_model, self.tokenizer,
+                                     [p + [{"role": "assistant", "content": r}] for p, r in zip(self.prompts, replies)])
+        specificity = reply_specificity(self.prompts, replies, self.human_replies)
+        return {
+            "scores": scores,
+            "recall_at_1": next_reply_recall(folder, self.tokenizer, self.rows)["recall_at_1"],
+            "specificity": specificity["specificity"],
+            "echo_rate": specificity["echo_rate"],
+            "repeated_3gram": load_metric("repeated_ngrams").compute(predictions=replies, n=3)["repeated_ngram_rate"],
+            "distinct_2": load_metric("distinct_n").compute(predictions=replies)["distinct_2"],
+            "reply_words": sum(len(r.split()) for r in replies) / len(replies),
+        }
+
+    def evaluate(self, folder: Path) -> dict:
+        row = self.policy_metrics(folder)
+        row["win_rate"] = load_metric("win_rate").compute(predictions=row.pop("scores"),
+                                                          references=self.sft["scores"])["win_rate"]
+        row["final_kl"] = json.loads((folder / "minichatgpt.json").read_text())["metrics"].get("final_kl")
+        return {field: row[field] for field in FIELDS}
+
+
+def summary(rows: list[dict]) -> tuple[dict, dict]:
+    mean, std = {}, {}
+    for field in FIELDS:
+        values = [row[field] for row in rows if row[field] is not None]
+        mean[field] = statistics.fmean(values) if values else None
+        std[field] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def table(title: str, rows: list[tuple[str, dict]], std: dict | None = None) -> str:
+    def cell(field, value):
+        if value is None:
+            return "n/a"
+        return f"{value:.3f} ± {std[field]:.3f}" if std is not None and field in std else f"{value:.3f}"
+
+    lines = [title, "| " + " | ".join(["", *FIELDS]) + " |", "|" + "---|" * (len(FIELDS) + 1)]
+    lines += ["| " + " | ".join([label, *(cell(f, row.get(f)) for f in FIELDS)]) + " |" for label, row in rows]
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml", help="the run whose SFT and reward models to use")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm: 1, 2, ... N")
+    parser.add_argument("--algorithms", nargs="+", choices=("ppo", "rloo"), default=["ppo", "rloo"])
+    parser.add_argument("--json", help="also write the report here")
+    args = parser.parse_args()
+    try:
+        recipe = load_recipe(args.recipe)
+        work = Path(recipe.output_dir("rlhf_seeds")).resolve()
+        evaluator = Evaluator(recipe)
+        report = {"recipe": str(recipe.path), "fields": list(FIELDS),
+                  "sft": {k: v for k, v in evaluator.sft.items() if k != "scores"}}
+        for algorithm in args.algorithms:
+            rows = []
+            for seed in range(1, args.seeds + 1):
+                path = seed_recipe(recipe, work, algorithm, seed)
+                run_stage(path, algorithm, seed)
+                rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{path.stem}-ppo")})
+                print(f"{algorithm} seed {seed}: " + ", ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
+            mean, std = summary(rows)
+            report[algorithm] = {"seeds": rows, "mean": mean, "std": std}
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print(table(f"\nSFT ({recipe.hub_path('sft')}), for reference", [("sft", report["sft"])]))
+    for algorithm in args.algorithms:
+        rows = report[algorithm]["seeds"]
+        print(table(f"\n{algorithm}: per seed", [(f"seed {row['seed']}", row) for row in rows]))
+        print(table(f"{algorithm}: mean ± std over {len(rows)} seeds", [("mean ± std", report[algorithm]["mean"])],
+                    report[algorithm]["std"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

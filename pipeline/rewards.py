@@ -1,0 +1,163 @@
+"""The RL stage's reward, one definition for PPO and RLOO: the reward model's score plus parts that are computed, not
+learned, so that a policy cannot buy reward-model score with loops, endless replies or replies to nothing:
+
+- `reward_model`: the reward model's score of the whole conversation, optionally standardised by its mean and spread
+  over the first rollout batch (the SFT policy's replies), so the other weights are in units of that spread;
+- `repetition`: minus the share of repeated token n-grams in the reply (`trl.rewards.get_repetition_penalty_reward`);
+- `end_of_turn`: -1 for a reply that never wrote the end-of-turn token (cut off by the length limit);
+- `relevance`: per-token pointwise mutual information of reply and context under the frozen SFT model,
+  log p(reply | context) - log p(reply | empty prompt): positive when the context explains the reply.
+
+Every part scores (prompt token ids, reply token ids) pairs: the prompt as the chat template renders it with the
+generation prompt, the reply as the policy wrote it, end-of-turn token included when it stopped.
+"""
+
+import math
+
+import torch
+from transformers.modeling_outputs import BaseModelOutput
+from trl.rewards import get_repetition_penalty_reward
+
+from pipeline.common import token_pmi_scores
+from pipeline.errors import PipelineError
+
+PARTS = ("reward_model", "repetition", "end_of_turn", "relevance")
+
+
+def reward_model_scores(model, prompts: list[list[int]], replies: list[list[int]], pad_token_id: int,
+                        batch_size: int = 32) -> list[float]:
+    """The reward model's score read at the reply's last token; a conversation too long for the context window loses
+    its oldest tokens."""
+    window = model.config.max_position_embeddings
+    scores = []
+    model.eval()
+    for start in range(0, len(prompts), batch_size):
+        rows = [(p + r)[-window:] for p, r in zip(prompts[start : start + batch_size], replies[start : start + batch_size])]
+        width = max(len(row) for row in rows)
+        input_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows], device=model.device)
+        lengths = torch.tensor([len(row) for row in rows], device=model.device)
+        attention = (torch.arange(width, device=model.device)[None, :] < lengths[:, None]).long()
+        with torch.no_grad():
+            # Read the score at each row's last real token ourselves: the padding token may also occur in a reply.
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            logits = model.score(hidden[torch.arange(len(rows), device=model.device), lengths - 1])
+        scores.extend(logits[:, 0].float().cpu().tolist())
+    return scores
+
+
+def end_of_turn_rewards(replies: list[list[int]], end_token_id: int) -> list[float]:
+    return [0.0 if end_token_id in reply else -1.0 for reply in replies]
+
+
+class CompositeReward:
+    """The weighted sum of the parts; `parts` gives each part's scores, `__call__` the weighted total."""
+
+    def __init__(self, reward_model, reference_model, tokenizer, weights: dict[str, float], end_token_id: int,
+                 repetition_ngram: int = 3, normalize_reward_model: bool = True):
+        unknown = set(weights) - set(PARTS)
+        if unknown:
+            raise PipelineError(f"unknown reward parts {sorted(unknown)}; expected some of {list(PARTS)}")
+        self.reward_model, self.reference_model, self.tokenizer = reward_model, reference_model, tokenizer
+        self.weights = {part: weight for part, weight in weights.items() if weight}
+        self.end_token_id = end_token_id
+        self.repetition = get_repetition_penalty_reward(ngram_size=repetition_ngram, max_penalty=-1.0)
+        self.normalize_reward_model = normalize_reward_model
+        self.reward_model_scale: tuple[float, float] | None = None
+
+    def part(self, name: str, prompts: list[list[int]], replies: list[list[int]]) -> list[float]:
+        if name == "reward_model":
+            values = self._reward_model_part(prompts, replies)
+        elif name == "repetition":
+            values = self.repetition(completion_ids=replies)
+        elif name == "end_of_turn":
+            values = end_of_turn_rewards(replies, self.end_token_id)
+        elif name == "relevance":
+            values = token_pmi_scores(self.reference_model, self.tokenizer, prompts, replies, mmi_lambda=1.0)
+        else:
+            raise PipelineError(f"unknown reward part '{name}'; expected one of {list(PARTS)}")
+        bad = sum(not math.isfinite(v) for v in values)
+        if bad:
+            raise PipelineError(f"non-finite {name} reward for {bad} of {len(values)} replies; stopped, nothing pushed "
+                                "(check the reward model, lower the learning rate)")
+        return values
+
+    def parts(self, prompts: list[list[int]], replies: list[list[int]]) -> dict[str, list[float]]:
+        return {name: self.part(name, prompts, replies) for name in self.weights}
+
+    def __call__(self, prompts: list[list[int]], replies: list[list[int]], skip: tuple[str, ...] = ()) -> list[float]:
+        totals = [0.0] * len(replies)
+        for name, weight in self.weights.items():
+            if name not in skip:
+                totals = [t + weight * v for t, v in zip(totals, self.part(name, prompts, replies))]
+        return totals
+
+    def _reward_model_part(self, prompts, replies) -> list[float]:
+        scores = reward_model_scores(self.reward_model, prompts, replies, self.tokenizer.pad_token_id)
+        if not self.normalize_reward_model:
+            return scores
+        if self.reward_model_scale is None and all(math.isfinite(s) for s in scores):
+            mean = sum(scores) / len(scores)
+            std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
+            self.reward_model_scale = (mean, max(std, 1e-3))
+        mean, std = self.reward_model_scale or (0.0, 1.0)
+        return [(s - mean) / std for s in scores]
+
+
+class PPORewardModel(torch.nn.Module):
+    """The composite reward in the shape `trl.experimental.ppo.PPOTrainer` reads a reward model: it calls
+    `getattr(model, model.base_model_prefix)(input_ids=..., attention_mask=...)` on prompt + reply (prompts padded on
+    the left, replies on the right, padding replaced by id 0 and masked) and `model.score(hidden_states[-1])`, and
+    takes the value at the reply's last token. The composite is per sequence, so every position gets it.
+
+    PPOTrainer does not say where the prompt ends; the reply is what follows the last `<|end|><|assistant|>` pair, the
+    end of every rendered prompt: a reply is cut at its first `<|end|>` (the stop token), so it cannot hold that pair.
+    The end-of-turn part is left to PPOTrainer's own `missing_eos_penalty`, the same rule."""
+
+    base_model_prefix = "composite"
+
+    def __init__(self, composite: CompositeReward, end_token_id: int, assistant_token_id: int):
+        super().__init__()
+        self.composite = _CompositeBackbone(composite, end_token_id, assistant_token_id)
+        # Registered as submodules so that PPOTrainer's `.to(device)` and dropout switch reach them.
+        self.reward_model, self.reference_model = composite.reward_model, composite.reference_model
+
+    def score(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+
+class _CompositeBackbone(torch.nn.Module):
+    def __init__(self, composite: CompositeReward, end_token_id: int, assistant_token_id: int):
+        super().__init__()
+        self.reward, self.prompt_end = composite, [end_token_id, assistant_token_id]
+
+    def forward(self, input_ids, attention_mask, **_):
+        prompts, replies = [], []
+        for row, mask in zip(input_ids.tolist(), attention_mask.tolist()):
+            tokens = [t for t, real in zip(row, mask) if real]
+            split = next((i + 2 for i in range(len(tokens) - 2, -1, -1) if tokens[i : i + 2] == self.prompt_end), None)
+            if split is None:
+                raise PipelineError("a PPO rollout has no `<|end|><|assistant|>` before its reply; prompts must be "
+                                    "rendered with the chat template's generation prompt")
+            prompts.append(tokens[:split])
+            replies.append(tokens[split:])
+        totals = self.reward(prompts, replies, skip=("end_of_turn",))
+        values = torch.tensor(totals, dtype=torch.float32, device=input_ids.device)
+        return BaseModelOutput(hidden_states=(values[:, None, None].expand(-1, input_ids.shape[1], 1),))
+
+
+class _RLOOPart:
+    """One part of the composite as an RLOOTrainer reward function; RLOO logs it as `rewards/<part>/mean`."""
+
+    def __init__(self, composite: CompositeReward, name: str):
+        self.composite, self.__name__ = composite, name
+
+    def __call__(self, prompts: list[list[dict]], completion_ids: list[list[int]], **_) -> list[float]:
+        tokenizer = self.composite.tokenizer
+        prompt_ids = [tokenizer.apply_chat_template(p, add_generation_prompt=True, return_dict=False) for p in prompts]
+        return self.composite.part(self.__name__, prompt_ids, completion_ids)
+
+
+def rloo_reward_funcs(composite: CompositeReward) -> tuple[list, list[float]]:
+    """`reward_funcs` and `reward_weights` for `trl.RLOOTrainer`: one function per weighted part of the composite."""
+    names = list(composite.weights)
+    return [_RLOOPart(composite, name) for name in names], [composite.weights[name] for name in names]

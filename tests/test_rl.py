@@ -1,0 +1,159 @@
+"""The RL stage: the composite reward's parts on constructed replies, its PPO adapter read the way PPOTrainer reads a
+reward model, RLOO end to end, and the seed benchmark."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import ROOT, launch, run_cli, write_recipe
+from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
+from trl.experimental.utils import get_reward
+
+from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
+
+TOPICS = ["apples", "trains", "music", "movies", "dogs", "coffee", "soccer", "books"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smoke_run):
+    return AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-sft")
+
+
+@pytest.fixture(scope="module")
+def topic_model(tokenizer):
+    """A tiny GPT-2 trained for a few steps to answer "i like X" with "X are great": the context decides the reply."""
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                       pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+                                       eos_token_id=tokenizer.eos_token_id))
+    rows = [tokenizer.apply_chat_template(conversation(topic), return_dict=True, return_assistant_tokens_mask=True)
+            for topic in TOPICS]
+    width = max(len(row["input_ids"]) for row in rows)
+    input_ids = torch.tensor([r["input_ids"] + [tokenizer.pad_token_id] * (width - len(r["input_ids"])) for r in rows])
+    replies = torch.tensor([r["assistant_masks"] + [0] * (width - len(r["assistant_masks"])) for r in rows])
+    labels = input_ids.masked_fill(replies == 0, -100)  # padding is never a label, so it needs no attention mask
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(90):
+        model(input_ids=input_ids, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reward_model(tokenizer):
+    torch.manual_seed(1)
+    return GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1,
+                                                    n_head=2, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+                                                    bos_token_id=None, eos_token_id=tokenizer.eos_token_id)).eval()
+
+
+def conversation(topic, reply=None):
+    return [{"role": "user", "content": f"i like {topic}"},
+            {"role": "assistant", "content": f"{topic} are great" if reply is None else reply}]
+
+
+def prompt_ids(tokenizer, topic):
+    return tokenizer.apply_chat_template(conversation(topic)[:1], add_generation_prompt=True, return_dict=False)
+
+
+def reply_ids(tokenizer, text, end=True):
+    return tokenizer(text + ("<|end|>" if end else ""), add_special_tokens=False)["input_ids"]
+
+
+def composite(scorer, reference, tokenizer, **weights):
+    return CompositeReward(scorer, reference, tokenizer, weights=weights, end_token_id=tokenizer.eos_token_id)
+
+
+def test_a_loop_and_a_missing_end_token_are_penalised(tokenizer, reward_model, topic_model):
+    reward = composite(reward_model, topic_model, tokenizer, repetition=1.0, end_of_turn=1.0)
+    prompts = [prompt_ids(tokenizer, "music")] * 3
+    replies = [reply_ids(tokenizer, "i have to go , see you tomorrow at the station"),
+               reply_ids(tokenizer, "i have to go to go to go to go to go to go"),
+               reply_ids(tokenizer, "i have to go , see you tomorrow at the station", end=False)]
+    parts = reward.parts(prompts, replies)
+    assert parts["repetition"][0] == 0.0 and parts["repetition"][1] < -0.3
+    assert parts["end_of_turn"] == [0.0, 0.0, -1.0]
+    assert reward(prompts, replies) == [a + b for a, b in zip(parts["repetition"], parts["end_of_turn"])]
+
+
+def test_a_reply_to_another_context_gets_a_lower_relevance_term(tokenizer, reward_model, topic_model):
+    reward = composite(reward_model, topic_model, tokenizer, relevance=1.0)
+    replies = [reply_ids(tokenizer, f"{topic} are great") for topic in TOPICS]
+    own = reward.part("relevance", [prompt_ids(tokenizer, t) for t in TOPICS], replies)
+    other = reward.part("relevance", [prompt_ids(tokenizer, t) for t in TOPICS[1:] + TOPICS[:1]], replies)
+    gaps = [s - o for s, o in zip(own, other)]
+    assert min(gaps) > 0.25 and sum(gaps) / len(gaps) > 1.0, gaps
+
+
+def test_reward_model_score_is_standardised_on_the_first_batch_then_kept(tokenizer, reward_model, topic_model):
+    reward = composite(reward_model, topic_model, tokenizer, reward_model=1.0)
+    prompts = [prompt_ids(tokenizer, t) for t in TOPICS]
+    first = reward.part("reward_model", prompts, [reply_ids(tokenizer, f"{t} are great") for t in TOPICS])
+    mean = sum(first) / len(first)
+    assert abs(mean) < 1e-5 and abs(sum((v - mean) ** 2 for v in first) / len(first) - 1) < 1e-3
+    scale = reward.reward_model_scale
+    reward.part("reward_model", prompts[:2], [reply_ids(tokenizer, "ok")] * 2)
+    assert reward.reward_model_scale == scale
+
+
+def test_ppo_reads_the_composite_like_a_reward_model(tokenizer, reward_model, topic_model):
+    """trl's own get_reward on a PPO-shaped batch (prompts padded left, replies cut at <|end|> and padded right) gives
+    the composite without its end-of-turn part, which PPOTrainer applies as missing_eos_penalty."""
+    reward = composite(reward_model, topic_model, tokenizer, reward_model=1.0, repetition=1.0, relevance=0.5,
+                       end_of_turn=1.0)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                                              {"role": "user", "content": "i like dogs"}],
+                                             add_generation_prompt=True, return_dict=False),
+               prompt_ids(tokenizer, "music")]
+    replies = [reply_ids(tokenizer, "dogs dogs dogs dogs"), reply_ids(tokenizer, "music <|assistant|> is", end=False)]
+    pad = tokenizer.pad_token_id
+    context = max(map(len, prompts))
+    width = max(map(len, replies))
+    query_responses = torch.tensor([[pad] * (context - len(p)) + p + r + [pad] * (width - len(r))
+                                    for p, r in zip(prompts, replies)])
+    adapter = PPORewardModel(reward, tokenizer.convert_tokens_to_ids("<|end|>"),
+                             tokenizer.convert_tokens_to_ids("<|assistant|>"))
+    _, scores, _ = get_reward(adapter, query_responses, pad, context)
+    expected = reward(prompts, replies, skip=("end_of_turn",))
+    assert scores.tolist() == pytest.approx(expected, abs=1e-5)
+    funcs, weights = rloo_reward_funcs(reward)
+    assert [f.__name__ for f in funcs] == ["reward_model", "repetition", "relevance", "end_of_turn"]
+    assert weights == [1.0, 1.0, 0.5, 1.0]
+
+
+def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
+    for stage in ("tokenizer", "base", "sft", "reward"):
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"rl-{stage}")
+    recipe = write_recipe(tmp_path / "rl.yaml", tmp_path)
+    result = launch("pipeline/ppo.py", recipe, "--algorithm", "rloo", "--kl_target", "1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "hub" / "rl-ppo"
+    meta = json.loads((folder / "minichatgpt.json").read_text())
+    assert meta["algorithm"] == "rloo" and meta["metrics"]["episodes"] >= 16
+    assert meta["metrics"]["final_kl_coef"] < 0.05, "a KL far under its target lowers the coefficient"
+    assert any("objective/kl" in row and "rewards/relevance/mean" in row for row in meta["log_history"])
+    assert (folder / "ppo_curve.png").is_file()
+    chat = pipeline("text-generation", model=str(folder))
+    out = chat([{"role": "user", "content": "how are you ?"}], max_new_tokens=8)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+
+@pytest.mark.slow
+def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
+    recipe = write_recipe(tmp_path / "bench.yaml", tmp_path)
+    shutil.copytree(smoke_run["hub"], tmp_path / "hub", ignore=shutil.ignore_patterns("smoke-ppo", ".revisions"),
+                    dirs_exist_ok=True)
+    for stage in ("sft", "reward"):
+        (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
+    result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--json",
+                      tmp_path / "seeds.json"], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "seeds.json").read_text())
+    for algorithm in ("ppo", "rloo"):
+        assert len(report[algorithm]["seeds"]) == 2
+        for field in report["fields"]:
+            assert all(field in row for row in report[algorithm]["seeds"])
+            assert f"{field}" in report[algorithm]["mean"] and f"{field}" in report[algorithm]["std"]
+    assert "mean ± std" in result.stdout
