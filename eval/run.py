@@ -11,10 +11,13 @@ import os
 from pathlib import Path
 
 import yaml
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 from eval.metrics import load_metric
+from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
+from pipeline.chat import decoding_config, reply
 from pipeline.common import (
+    fit_history,
     generate_replies,
     load_model,
     load_tokenizer,
@@ -47,6 +50,12 @@ def reply_stats(replies: list[str]) -> dict:
         "repeated_3gram_rate": load_metric("repeated_ngrams").compute(predictions=replies, n=3)["repeated_ngram_rate"],
         "mean_words": sum(len(r.split()) for r in replies) / max(len(replies), 1),
     }
+
+
+def chat_replies(model, tokenizer, prompts, strategy: str, max_prompt_tokens: int, max_new_tokens: int) -> list[str]:
+    """Replies one prompt at a time through the chat's own decoding, from the model's generation_config defaults."""
+    config = decoding_config(model.generation_config, strategy, max_new_tokens=max_new_tokens)
+    return [reply(model, tokenizer, fit_history(tokenizer, p, max_prompt_tokens)[0], config) for p in prompts]
 
 
 def update_model_card(folder: Path, metrics: dict):
@@ -131,6 +140,8 @@ def main(recipe, overrides):
         "greedy": {"do_sample": False, "repetition_penalty": 1.0},
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
     }
+    # The chat's default (sampling from generation_config.json) and MMI reranking, decoded as chat.py decodes.
+    chat_strategies = ("sample", "mmi")
     replies, policies = {}, {}
     for stage in ("sft", "ppo"):
         model = load_model(paths[stage], AutoModelForCausalLM, f"{stage} model", tokenizer=tokenizer)
@@ -138,7 +149,12 @@ def main(recipe, overrides):
             replies[(stage, strategy)] = generate_replies(
                 model, tokenizer, prompts, max_prompt_tokens=budget, max_new_tokens=args.max_new_tokens,
                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **settings)
-    for strategy in strategies:
+        for strategy in chat_strategies:
+            set_seed(args.seed)
+            replies[(stage, strategy)] = chat_replies(model, tokenizer, prompts, strategy, budget,
+                                                      args.max_new_tokens)
+    human_replies = [r for _, r in pairs]
+    for strategy in (*strategies, *chat_strategies):
         scores = {stage: score_conversations(reward_model, tokenizer, [
             p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies[(stage, strategy)])])
             for stage in ("sft", "ppo")}
@@ -147,27 +163,43 @@ def main(recipe, overrides):
             "ppo_win_rate": wins["win_rate"],
             **{f"{stage}_{k}": v for stage in ("sft", "ppo") for k, v in
                {"mean_reward": wins["mean_score_a" if stage == "ppo" else "mean_score_b"],
-                **reply_stats(replies[(stage, strategy)])}.items()},
+                **reply_stats(replies[(stage, strategy)]),
+                **relevance_stats(prompts, replies[(stage, strategy)], human_replies)}.items()},
         }
     report["sft_vs_ppo"] = policies
+    rows = ranking_rows(held_out_dialogs["messages"], ppo_args.context_turns, max_contexts=args.ranking_contexts,
+                        seed=data_args.split_seed)
+    report["next_reply_ranking"] = {stage: next_reply_recall(paths[stage], tokenizer, rows)
+                                    for stage in ("pretrain", "sft", "ppo")}
     report["samples"] = [
         {"prompt": p[-1]["content"], **{f"{stage}_{strategy}": replies[(stage, strategy)][i]
-                                        for stage in ("sft", "ppo") for strategy in strategies}}
+                                        for stage in ("sft", "ppo") for strategy in (*strategies, *chat_strategies)}}
         for i, p in enumerate(prompts[:8])
     ]
     report["plots"] = write_plots(paths, out)
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
 
-    update_model_card(paths["pretrain"], {f"{k}_perplexity": v for k, v in report["perplexity"]["pretrain"].items()})
-    update_model_card(paths["sft"], {f"{k}_perplexity": v for k, v in report["perplexity"]["sft"].items()})
+    ranking = report["next_reply_ranking"]
+    update_model_card(paths["pretrain"], {**{f"{k}_perplexity": v for k, v in report["perplexity"]["pretrain"].items()},
+                                          "next_reply_recall_at_1": ranking["pretrain"]["recall_at_1"]})
+    update_model_card(paths["sft"], {**{f"{k}_perplexity": v for k, v in report["perplexity"]["sft"].items()},
+                                     "next_reply_recall_at_1": ranking["sft"]["recall_at_1"]})
     update_model_card(paths["reward"], {"pairwise_accuracy": report["reward_model"]["accuracy"]})
-    update_model_card(paths["ppo"], {f"{s}_{k}": v for s, row in policies.items() for k, v in row.items()
-                                     if k.startswith("ppo_")})
+    update_model_card(paths["ppo"], {**{f"{s}_{k}": v for s, row in policies.items() for k, v in row.items()
+                                        if k.startswith("ppo_")},
+                                     "next_reply_recall_at_1": ranking["ppo"]["recall_at_1"]})
     print(f"report: {out / 'report.md'}")
     print(f"SFT vs base reply perplexity: {report['perplexity']['sft']['held_out_replies']:.1f} vs "
           f"{report['perplexity']['pretrain']['held_out_replies']:.1f}; reward accuracy "
-          f"{report['reward_model']['accuracy']:.3f}; PPO win rate (greedy) {policies['greedy']['ppo_win_rate']:.2f}")
+          f"{report['reward_model']['accuracy']:.3f}; PPO win rate (greedy) {policies['greedy']['ppo_win_rate']:.2f}; "
+          f"next-reply recall@1 SFT {ranking['sft']['recall_at_1']:.2f}; specificity of the chat default (sample) "
+          f"SFT {policies['sample']['sft_specificity']:.2f}, PPO {policies['sample']['ppo_specificity']:.2f}")
+
+
+def relevance_stats(prompts, replies: list[str], human_replies: list[str]) -> dict:
+    result = reply_specificity(prompts, replies, human_replies)
+    return {"specificity": result["specificity"], "echo_rate": result["echo_rate"]}
 
 
 def write_plots(paths: dict, out: Path) -> list[str]:
@@ -203,21 +235,39 @@ def render_markdown(report: dict) -> str:
         f"Pairwise accuracy {report['reward_model']['accuracy']:.3f}, mean margin "
         f"{report['reward_model']['mean_margin']:.3f} on held-out automatic pairs.",
         "",
-        "## SFT vs PPO on held-out prompts (judged by the reward model)",
+        "## Next-reply ranking (relevance under each model's own likelihood)",
         "",
-        "| decoding | policy | mean reward | PPO win rate | distinct-2 | repeated 3-gram rate | mean words |",
-        "|---|---|---|---|---|---|---|",
+        "Recall@1 of 10: how often the real reply scores highest among it and 9 replies of similar length from "
+        "other conversations (chance 0.10), by log p(reply | context) and by PMI.",
+        "",
+        "| model | recall@1 | recall@1 (PMI) | mean rank |",
+        "|---|---|---|---|",
+        *[f"| {stage} | {row['recall_at_1']:.3f} | {row['recall_at_1_pmi']:.3f} | {row['mean_rank']:.2f} |"
+          for stage, row in report["next_reply_ranking"].items()],
+        "",
+        "## SFT vs PPO on held-out prompts",
+        "",
+        "Mean reward and win rate are the reward model's judgement; specificity (human replies = 1, a constant reply "
+        "= 0) and echo rate come from an independent sentence-embedding model. `sample` is the chat's default "
+        "decoding (generation_config.json); `mmi` reranks sampled candidates by mutual information.",
+        "",
+        "| decoding | policy | mean reward | PPO win rate | specificity | echo rate | distinct-2 | repeated 3-gram rate "
+        "| mean words |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for strategy, row in report["sft_vs_ppo"].items():
         for stage in ("sft", "ppo"):
             win = f"{row['ppo_win_rate']:.2f}" if stage == "ppo" else ""
             lines.append(f"| {strategy} | {stage} | {row[f'{stage}_mean_reward']:.3f} | {win} | "
+                         f"{row[f'{stage}_specificity']:.3f} | {row[f'{stage}_echo_rate']:.3f} | "
                          f"{row[f'{stage}_distinct_2']:.3f} | {row[f'{stage}_repeated_3gram_rate']:.3f} | "
                          f"{row[f'{stage}_mean_words']:.1f} |")
-    lines += ["", "## Sample replies", "", "| prompt | SFT greedy | PPO greedy | SFT beam | PPO beam |",
-              "|---|---|---|---|---|"]
+    lines += ["", "## Sample replies", "",
+              "| prompt | SFT greedy | PPO greedy | SFT beam | PPO beam | SFT mmi | PPO mmi |",
+              "|---|---|---|---|---|---|---|"]
     for s in report["samples"]:
-        cells = [s["prompt"], s["sft_greedy"], s["ppo_greedy"], s["sft_beam"], s["ppo_beam"]]
+        cells = [s["prompt"], s["sft_greedy"], s["ppo_greedy"], s["sft_beam"], s["ppo_beam"], s["sft_mmi"],
+                 s["ppo_mmi"]]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
     return "\n".join(lines) + "\n"

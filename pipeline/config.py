@@ -146,6 +146,10 @@ class PPOArguments:
         default=True, metadata={"help": "Standardise the reward model's score by its mean and std over the first "
                                 "scored rollout batch (the SFT policy's replies)."}
     )
+    reward_model_clip: float | None = field(
+        default=None, metadata={"help": "Clip the standardised reward-model score to [-clip, clip], so that no reply "
+                                "earns more than that many standard deviations by exploiting the reward model."}
+    )
     repetition_weight: float = field(
         default=1.0, metadata={"help": "Weight of the repetition penalty: minus the share of repeated token n-grams."}
     )
@@ -169,6 +173,9 @@ class EvalArguments:
     max_new_tokens: int = field(default=32, metadata={"help": "Reply length cap."})
     num_beams: int = field(default=4, metadata={"help": "Beams for the beam-search comparison."})
     repetition_penalty: float = field(default=1.2, metadata={"help": "Repetition penalty used with beam search."})
+    ranking_contexts: int = field(
+        default=200, metadata={"help": "Held-out contexts for next-reply recall@1 (each with 10 candidate replies)."})
+    seed: int = field(default=0, metadata={"help": "Seed of the sampled decodings (chat default and mmi)."})
 
 
 @dataclass

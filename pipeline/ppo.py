@@ -245,7 +245,8 @@ def main(recipe, overrides):
         reward_model, ref_policy, tokenizer, end_token_id=tokenizer.eos_token_id,
         weights={"reward_model": stage_args.reward_model_weight, "repetition": stage_args.repetition_weight,
                  "end_of_turn": config.missing_eos_penalty or 0.0, "relevance": stage_args.relevance_weight},
-        repetition_ngram=stage_args.repetition_ngram, normalize_reward_model=stage_args.normalize_reward_model)
+        repetition_ngram=stage_args.repetition_ngram, normalize_reward_model=stage_args.normalize_reward_model,
+        reward_model_clip=stage_args.reward_model_clip)
     guards = RLHFGuards(tokenizer, eval_prompts[: stage_args.guard_prompts], stage_args.max_kl, max_prompt_tokens,
                         config.response_length)
     if stage_args.algorithm == "ppo":

@@ -21,7 +21,14 @@ from pipeline.errors import PipelineError
 
 logger = logging.getLogger(__name__)
 
-GENERIC_REPLIES = ["", "ok", "i don't know", "yes", "no", "lol", "what ?", "hmm"]
+# Replies that fit any prompt, from one word to a sentence: a generic rejection as long as the real reply, so that
+# length tells the reward model nothing (these are also what a small chat model says when it ignores the prompt).
+GENERIC_REPLIES = ["", "ok", "lol", "hmm", "yes", "no", "what ?", "i don't know", "i'm not sure", "that's cool",
+                   "yeah , i guess so", "i'm not sure what you mean", "that sounds good to me",
+                   "i don't know , what do you think ?", "i think it would be a lot of the world",
+                   "i'm not sure , i don't really know much about that",
+                   "that's a good question , i don't really know what to say about that",
+                   "i don't know , i think it depends on a lot of things , what about you ?"]
 OTHER_REPLY_DRAWS = 8
 # Arena votes (pipeline/app.py) that prefer neither reply: kept in the vote file, but they make no pair.
 NO_PREFERENCE_VOTES = ("tie", "both_bad")
@@ -53,7 +60,8 @@ def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[tuple
         return " ".join([phrase] * rng.randint(4, 8))
     if kind == "generic":
         options = [g for g in GENERIC_REPLIES if g != reply.strip().lower()]
-        return rng.choice(options)
+        rng.shuffle(options)
+        return min(options, key=lambda text: abs(len(text.split()) - len(words)))
     raise PipelineError(f"reward.rejected_kinds: unknown kind '{kind}' (expected other_conversation, truncated, "
                         "shuffled, looped or generic)")
 

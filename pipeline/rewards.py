@@ -2,7 +2,8 @@
 learned, so that a policy cannot buy reward-model score with loops, endless replies or replies to nothing:
 
 - `reward_model`: the reward model's score of the whole conversation, optionally standardised by its mean and spread
-  over the first rollout batch (the SFT policy's replies), so the other weights are in units of that spread;
+  over the first rollout batch (the SFT policy's replies), so the other weights are in units of that spread, and
+  clipped, so that a reply that exploits the reward model earns no more than a few spreads;
 - `repetition`: minus the share of repeated token n-grams in the reply (`trl.rewards.get_repetition_penalty_reward`);
 - `end_of_turn`: -1 for a reply that never wrote the end-of-turn token (cut off by the length limit);
 - `relevance`: per-token pointwise mutual information of reply and context under the frozen SFT model,
@@ -53,7 +54,8 @@ class CompositeReward:
     """The weighted sum of the parts; `parts` gives each part's scores, `__call__` the weighted total."""
 
     def __init__(self, reward_model, reference_model, tokenizer, weights: dict[str, float], end_token_id: int,
-                 repetition_ngram: int = 3, normalize_reward_model: bool = True):
+                 repetition_ngram: int = 3, normalize_reward_model: bool = True,
+                 reward_model_clip: float | None = None):
         unknown = set(weights) - set(PARTS)
         if unknown:
             raise PipelineError(f"unknown reward parts {sorted(unknown)}; expected some of {list(PARTS)}")
@@ -61,7 +63,7 @@ class CompositeReward:
         self.weights = {part: weight for part, weight in weights.items() if weight}
         self.end_token_id = end_token_id
         self.repetition = get_repetition_penalty_reward(ngram_size=repetition_ngram, max_penalty=-1.0)
-        self.normalize_reward_model = normalize_reward_model
+        self.normalize_reward_model, self.reward_model_clip = normalize_reward_model, reward_model_clip
         self.reward_model_scale: tuple[float, float] | None = None
 
     def part(self, name: str, prompts: list[list[int]], replies: list[list[int]]) -> list[float]:
@@ -100,7 +102,8 @@ class CompositeReward:
             std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
             self.reward_model_scale = (mean, max(std, 1e-3))
         mean, std = self.reward_model_scale or (0.0, 1.0)
-        return [(s - mean) / std for s in scores]
+        clip = self.reward_model_clip or math.inf
+        return [min(max((s - mean) / std, -clip), clip) for s in scores]
 
 
 class PPORewardModel(torch.nn.Module):

@@ -411,3 +411,14 @@ def test_sft_card_and_summary_report_the_data(smoke_run):
     assert data["source"] == "chitchat" and data["loaded"] == 200 and data["lost"] == 0
     assert data["left_out_by_cap"] == 7168 - 200
     assert "sft data: " in smoke_run["log"] and "chitchat: loaded 200 conversations" in smoke_run["log"]
+
+
+def test_generic_rejections_are_about_as_long_as_the_real_reply():
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=300))["messages"]
+    pairs = build_preference_pairs(dialogs, ["generic"], None, seed=0, max_context_turns=1, max_pairs=400)
+    chosen = [len(c[0]["content"].split()) for c in pairs["chosen"]]
+    rejected = [len(r[0]["content"].split()) for r in pairs["rejected"]]
+    shorter = sum(r < c for c, r in zip(chosen, rejected)) / len(chosen)
+    longer = sum(r > c for c, r in zip(chosen, rejected)) / len(chosen)
+    assert shorter < 0.75 and longer > 0.1
+    assert abs(sum(chosen) - sum(rejected)) / sum(chosen) < 0.35

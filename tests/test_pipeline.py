@@ -1,6 +1,7 @@
 """The whole smoke chain through `pipeline/run.py`, then what a user does with its hub."""
 
 import json
+import math
 
 import yaml
 from conftest import run_cli
@@ -67,11 +68,18 @@ def test_eval_report_plots_and_model_index(smoke_run):
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report["perplexity"]) == {"pretrain", "sft"}
     assert 0 <= report["reward_model"]["accuracy"] <= 1
-    assert set(report["sft_vs_ppo"]) == {"greedy", "beam"}
+    assert set(report["sft_vs_ppo"]) == {"greedy", "beam", "sample", "mmi"}
+    for row in report["sft_vs_ppo"].values():
+        for stage in ("sft", "ppo"):
+            assert 0 <= row[f"{stage}_echo_rate"] <= 1 and math.isfinite(row[f"{stage}_specificity"])
+    assert set(report["next_reply_ranking"]) == {"pretrain", "sft", "ppo"}
+    for row in report["next_reply_ranking"].values():
+        assert 0 <= row["recall_at_1"] <= 1 and row["candidates"] == 10
     for plot in ("pretrain_loss.png", "sft_loss.png", "reward_accuracy.png", "ppo_reward_kl.png"):
         assert plot in report["plots"] and (report_dir / plot).stat().st_size > 1000
     markdown = (report_dir / "report.md").read_text()
-    assert "## Sample replies" in markdown and "| greedy | ppo |" in markdown
+    assert "## Sample replies" in markdown and "| greedy | ppo |" in markdown and "| mmi | sft |" in markdown
+    assert "## Next-reply ranking" in markdown and "| sft | " in markdown
     card = yaml.safe_load((smoke_run["hub"] / "smoke-sft" / "README.md").read_text().split("---\n")[1])
     datasets = [r.get("dataset", {}).get("name") for r in card["model-index"][0]["results"]]
     assert "held-out evaluation" in datasets

@@ -157,3 +157,11 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
             assert all(field in row for row in report[algorithm]["seeds"])
             assert f"{field}" in report[algorithm]["mean"] and f"{field}" in report[algorithm]["std"]
     assert "mean ± std" in result.stdout
+
+
+def test_clipped_reward_model_score_stays_within_the_clip(tokenizer, reward_model, topic_model):
+    reward = CompositeReward(reward_model, topic_model, tokenizer, weights={"reward_model": 1.0},
+                             end_token_id=tokenizer.eos_token_id, reward_model_clip=0.5)
+    prompts = [prompt_ids(tokenizer, t) for t in TOPICS]
+    scores = reward.part("reward_model", prompts, [reply_ids(tokenizer, f"{t} are great") for t in TOPICS])
+    assert max(abs(s) for s in scores) == 0.5
