@@ -230,6 +230,8 @@ def main():
             print(chat.say(args.prompt)[0])
         elif args.prompts_file is not None:
             for prompt in read_prompts(args.prompts_file):
+                # Each line is answered as `--prompt` would answer it alone, whatever comes before it.
+                set_seed(args.seed)
                 chat.history = []
                 print(" ".join(chat.say(prompt)[0].split()) if prompt else "", flush=True)
         else:
