@@ -107,7 +107,8 @@ def main(recipe, overrides):
     out.mkdir(parents=True, exist_ok=True)
     paths = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo")}
     report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in paths.items()},
-              "library_versions": library_versions()}
+              "library_versions": library_versions(),
+              "rl_algorithm": read_metadata(paths["ppo"]).get("algorithm", "ppo")}
 
     _, held_out_text = split_eval(load_text(data_args), data_args)
     texts = list(held_out_text["text"])[: args.max_prompts]
@@ -219,6 +220,7 @@ def write_plots(paths: dict, out: Path) -> list[str]:
 
 def render_markdown(report: dict) -> str:
     ppl = report["perplexity"]
+    rl = report["rl_algorithm"].upper()
     lines = [
         f"# Evaluation of the run `{report['run']}`",
         "",
@@ -245,13 +247,13 @@ def render_markdown(report: dict) -> str:
         *[f"| {stage} | {row['recall_at_1']:.3f} | {row['recall_at_1_pmi']:.3f} | {row['mean_rank']:.2f} |"
           for stage, row in report["next_reply_ranking"].items()],
         "",
-        "## SFT vs PPO on held-out prompts",
+        f"## SFT vs the RL model ({rl}, `-ppo`) on held-out prompts",
         "",
         "Mean reward and win rate are the reward model's judgement; specificity (human replies = 1, a constant reply "
         "= 0) and echo rate come from an independent sentence-embedding model. `sample` is the chat's default "
         "decoding (generation_config.json); `mmi` reranks sampled candidates by mutual information.",
         "",
-        "| decoding | policy | mean reward | PPO win rate | specificity | echo rate | distinct-2 | repeated 3-gram rate "
+        "| decoding | policy | mean reward | RL win rate | specificity | echo rate | distinct-2 | repeated 3-gram rate "
         "| mean words |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -263,7 +265,7 @@ def render_markdown(report: dict) -> str:
                          f"{row[f'{stage}_distinct_2']:.3f} | {row[f'{stage}_repeated_3gram_rate']:.3f} | "
                          f"{row[f'{stage}_mean_words']:.1f} |")
     lines += ["", "## Sample replies", "",
-              "| prompt | SFT greedy | PPO greedy | SFT beam | PPO beam | SFT mmi | PPO mmi |",
+              f"| prompt | SFT greedy | {rl} greedy | SFT beam | {rl} beam | SFT mmi | {rl} mmi |",
               "|---|---|---|---|---|---|---|"]
     for s in report["samples"]:
         cells = [s["prompt"], s["sft_greedy"], s["ppo_greedy"], s["sft_beam"], s["ppo_beam"], s["sft_mmi"],
