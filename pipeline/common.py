@@ -237,19 +237,28 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_si
 def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
     """Reward-model scores of whole conversations (ending with the reply to judge), rendered with the chat template;
     the score is read at the last token, the reply's end-of-turn marker, as TRL's trainers do."""
+    return score_sequences(model, [tokenizer.apply_chat_template(c, return_dict=False) for c in conversations],
+                           tokenizer.pad_token_id, batch_size)
+
+
+def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32) -> list[float]:
+    """Reward-model scores of token sequences, read at each sequence's last token; a sequence too long for the
+    context window loses its oldest tokens."""
     import torch
 
-    max_length = model.config.max_position_embeddings
+    window = model.config.max_position_embeddings
     scores = []
     model.eval()
-    for start in range(0, len(conversations), batch_size):
-        batch = [tokenizer.apply_chat_template(c, return_dict=False)[-max_length:]
-                 for c in conversations[start : start + batch_size]]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in batch])
-        attention = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in batch])
+    for start in range(0, len(sequences), batch_size):
+        rows = [ids[-window:] for ids in sequences[start : start + batch_size]]
+        width = max(len(row) for row in rows)
+        input_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows], device=model.device)
+        lengths = torch.tensor([len(row) for row in rows], device=model.device)
+        attention = (torch.arange(width, device=model.device)[None, :] < lengths[:, None]).long()
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
+            # Read the score at each row's last real token ourselves: the padding token may also occur in a reply.
+            hidden = model.base_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
+            logits = model.score(hidden[torch.arange(len(rows), device=model.device), lengths - 1])
         scores.extend(logits[:, 0].float().cpu().tolist())
     return scores
 

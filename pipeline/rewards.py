@@ -19,31 +19,10 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from trl.rewards import get_repetition_penalty_reward
 
-from pipeline.common import token_pmi_scores
+from pipeline.common import score_sequences, token_pmi_scores
 from pipeline.errors import PipelineError
 
 PARTS = ("reward_model", "repetition", "end_of_turn", "relevance")
-
-
-def reward_model_scores(model, prompts: list[list[int]], replies: list[list[int]], pad_token_id: int,
-                        batch_size: int = 32) -> list[float]:
-    """The reward model's score read at the reply's last token; a conversation too long for the context window loses
-    its oldest tokens."""
-    window = model.config.max_position_embeddings
-    scores = []
-    model.eval()
-    for start in range(0, len(prompts), batch_size):
-        rows = [(p + r)[-window:] for p, r in zip(prompts[start : start + batch_size], replies[start : start + batch_size])]
-        width = max(len(row) for row in rows)
-        input_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows], device=model.device)
-        lengths = torch.tensor([len(row) for row in rows], device=model.device)
-        attention = (torch.arange(width, device=model.device)[None, :] < lengths[:, None]).long()
-        with torch.no_grad():
-            # Read the score at each row's last real token ourselves: the padding token may also occur in a reply.
-            hidden = model.base_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
-            logits = model.score(hidden[torch.arange(len(rows), device=model.device), lengths - 1])
-        scores.extend(logits[:, 0].float().cpu().tolist())
-    return scores
 
 
 def end_of_turn_rewards(replies: list[list[int]], end_token_id: int) -> list[float]:
@@ -94,7 +73,8 @@ class CompositeReward:
         return totals
 
     def _reward_model_part(self, prompts, replies) -> list[float]:
-        scores = reward_model_scores(self.reward_model, prompts, replies, self.tokenizer.pad_token_id)
+        scores = score_sequences(self.reward_model, [p + r for p, r in zip(prompts, replies)],
+                                 self.tokenizer.pad_token_id)
         if not self.normalize_reward_model:
             return scores
         if self.reward_model_scale is None and all(math.isfinite(s) for s in scores):
