@@ -38,6 +38,7 @@ SLIDERS = {
     "temperature": ("Temperature", 0.05, 2.0, 0.05),
     "top_p": ("Top-p", 0.05, 1.0, 0.05),
     "repetition_penalty": ("Repetition penalty", 1.0, 2.0, 0.05),
+    "no_repeat_ngram_size": ("No repeated n-grams of size (0: off)", 0, 6, 1),
     "num_beams": ("Beams (beam search)", 1, 8, 1),
     "num_candidates": ("Candidates (mmi)", 1, 16, 1),
     "mmi_lambda": ("MMI lambda (mmi)", 0.0, 1.0, 0.05),

@@ -176,8 +176,10 @@ def end_of_turn_ids(tokenizer) -> list[int]:
 MMI_DEFAULTS = {"num_candidates": 8, "mmi_lambda": 0.5}
 
 
-def chat_generation_config(tokenizer, max_new_tokens: int = 64, repetition_penalty: float = 1.2):
-    """Defaults shipped with every chat model: stop at the end of the turn, sample, penalise repetition."""
+def chat_generation_config(tokenizer, max_new_tokens: int = 64):
+    """Defaults shipped with every chat model: stop at the end of the turn, sample, never repeat a 3-gram.
+    Not `repetition_penalty`: transformers applies it to the prompt's tokens too, so it steers replies away from the
+    words of what was said (on the chat-hour SFT model it cut reply specificity from 0.48 to 0.32)."""
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -189,7 +191,8 @@ def chat_generation_config(tokenizer, max_new_tokens: int = 64, repetition_penal
         temperature=0.7,
         top_p=0.9,
         top_k=0,
-        repetition_penalty=repetition_penalty,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=3,
         **MMI_DEFAULTS,
     )
 
@@ -216,9 +219,11 @@ def render_prompts(tokenizer, conversations: list[list[dict]], max_prompt_tokens
 
 def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
                      max_prompt_tokens: int | None = None, **generate_kwargs) -> list[str]:
-    """Replies of a chat model to conversations ending at a user turn, via `generate()` with left padding."""
+    """Replies of a chat model to conversations ending at a user turn, via `generate()` with left padding. The
+    chat's shipped `no_repeat_ngram_size` is off unless asked for: it would hide the loops these replies measure."""
     import torch
 
+    generate_kwargs.setdefault("no_repeat_ngram_size", 0)
     prompts = render_prompts(tokenizer, conversations, max_prompt_tokens)
     replies = []
     model.eval()
@@ -276,28 +281,31 @@ def reply_token_ids(tokenizer, reply: str) -> list[int]:
 def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[int]], batch_size: int = 32
                           ) -> list[float]:
     """Sum of log p(reply tokens | prompt tokens) under a causal LM for each (prompt, reply) pair; a prompt too long
-    for the context window loses its oldest tokens."""
+    for the context window loses its oldest tokens. Pairs are batched by length, so that little is padding."""
     import torch
 
     window = model.config.max_position_embeddings
     pad = model.config.pad_token_id or 0
-    totals = []
+    rows = []
+    for prompt, reply in zip(prompts, replies):
+        reply = reply[: window - 1]
+        rows.append((prompt[-(window - len(reply)):] if len(prompt) + len(reply) > window else prompt, reply))
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    totals = [0.0] * len(rows)
     model.eval()
-    for start in range(0, len(prompts), batch_size):
-        rows = []
-        for prompt, reply in zip(prompts[start : start + batch_size], replies[start : start + batch_size]):
-            reply = reply[: window - 1]
-            rows.append((prompt[-(window - len(reply)):] if len(prompt) + len(reply) > window else prompt, reply))
-        width = max(len(p) + len(r) for p, r in rows)
-        input_ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in rows])
-        attention = torch.tensor([[1] * (len(p) + len(r)) + [0] * (width - len(p) - len(r)) for p, r in rows])
+    for start in range(0, len(order), batch_size):
+        batch = [rows[i] for i in order[start : start + batch_size]]
+        width = max(len(p) + len(r) for p, r in batch)
+        input_ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in batch])
+        attention = torch.tensor([[1] * (len(p) + len(r)) + [0] * (width - len(p) - len(r)) for p, r in batch])
+        # Token t is predicted at position t-1; a reply with no prompt token before it loses its first token.
+        scored = torch.tensor([[max(len(p), 1) <= t < len(p) + len(r) for t in range(1, width)] for p, r in batch])
         with torch.no_grad():
             logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for i, (prompt, reply) in enumerate(rows):
-            # Token t is predicted at position t-1; a reply with no prompt token before it loses its first token.
-            positions = range(max(len(prompt), 1), len(prompt) + len(reply))
-            totals.append(sum(log_probs[i, t - 1, input_ids[i, t]].item() for t in positions))
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
+        token_log_probs = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        for i, total in zip(order[start : start + batch_size], (token_log_probs * scored).sum(-1).tolist()):
+            totals[i] = total
     return totals
 
 

@@ -13,7 +13,8 @@ from conftest import ROOT, run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.metrics import load_metric
-from pipeline.chat import Chat, decode, decoding_config
+from pipeline.chat import Chat, decode, decoding_config, reply
+from pipeline.common import generate_replies
 
 PROMPTS = ["how are you ?", "what do you do for fun ?", "do you like movies ?", "where are you from ?",
            "i just got back from work", "what is your favorite food ?"]
@@ -71,15 +72,25 @@ def test_greedy_and_beam_differ(chat_model):
     assert greedy != beam
 
 
-def test_repetition_penalty_lowers_repeated_trigrams(chat_model):
+def test_shipped_decoding_blocks_repeated_trigrams_and_measurement_sees_them(chat_model):
     model, tokenizer, _ = chat_model
     repeated = load_metric("repeated_ngrams")
-    rates = {}
-    for penalty in (1.0, 1.5):
-        replies = [decode(model, tokenizer, p, strategy="greedy", max_len=24, repetition_penalty=penalty)
-                   for p in PROMPTS]
-        rates[penalty] = repeated.compute(predictions=replies, n=3)["repeated_ngram_rate"]
-    assert rates[1.5] < rates[1.0]
+    conversations = [[{"role": "user", "content": p}] for p in PROMPTS]
+
+    def rate(**overrides):
+        config = decoding_config(model.generation_config, "greedy", max_new_tokens=24, **overrides)
+        replies = [reply(model, tokenizer, tokenizer.apply_chat_template(c, add_generation_prompt=True,
+                                                                         return_dict=False), config)
+                   for c in conversations]
+        return repeated.compute(predictions=replies, n=3)["repeated_ngram_rate"]
+
+    plain = rate(no_repeat_ngram_size=0)
+    assert model.generation_config.no_repeat_ngram_size == 3 and model.generation_config.repetition_penalty == 1.0
+    assert rate() == 0 < plain
+    assert rate(no_repeat_ngram_size=0, repetition_penalty=1.5) < plain
+    measured = generate_replies(model, tokenizer, conversations, do_sample=False, max_new_tokens=24,
+                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    assert repeated.compute(predictions=measured, n=3)["repeated_ngram_rate"] > 0
 
 
 def test_decoding_flags_override_generation_config(chat_model):
