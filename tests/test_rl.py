@@ -147,7 +147,7 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
                     dirs_exist_ok=True)
     for stage in ("sft", "reward"):
         (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
-    result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--json",
+    result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--prompts", "16", "--json",
                       tmp_path / "seeds.json"], timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "seeds.json").read_text())
