@@ -41,7 +41,10 @@ def main(recipe, overrides):
         "sft", overrides,
         defaults=trainer_defaults(assistant_only_loss=True, eos_token="<|end|>", truncation_mode="keep_end",
                                   lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2,
-                                  eval_strategy="no", logging_steps=10),
+                                  eval_strategy="no", logging_steps=10,
+                                  # Windows of similar length batched together: random batches are mostly padding
+                                  # (quickstart: 183 s instead of 231 s, held-out reply perplexity 115.6 vs 114.5).
+                                  train_sampling_strategy="group_by_length"),
     )
     set_seed(training_args.seed)
     check_writable(recipe.run.hub_dir)
