@@ -132,7 +132,7 @@ class PPOArguments:
     context_turns: int = field(default=3, metadata={"help": "Turns of conversation in a prompt, ending at a user's."})
     max_prompts: int | None = field(default=None, metadata={"help": "Cap on training prompts."})
     compare_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the final SFT vs PPO comparison."})
-    guard_prompts: int = field(default=8, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
+    guard_prompts: int = field(default=32, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
     max_kl: float = field(default=20.0, metadata={"help": "Stop when the KL to the SFT policy exceeds this."})
     algorithm: Literal["ppo", "rloo"] = field(
         default="ppo", metadata={"help": "ppo: trl.experimental.ppo.PPOTrainer; rloo: trl.RLOOTrainer (REINFORCE with a "

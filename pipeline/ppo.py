@@ -76,6 +76,35 @@ def rl_log_values(logs: dict) -> tuple[float, float] | None:
     return None
 
 
+GUARD_WINDOW = 3
+
+
+def guard_flags(history: list[dict], window: int = GUARD_WINDOW) -> dict[str, str]:
+    """The guards' warnings for a history of logs, comparing means over the first and the last `window` logs:
+    "possible reward hacking" when the reward rose while the distinct-2 of the replies to the fixed prompts fell below
+    0.9 of its start; "collapse" when the share of distinct replies fell to half its start or less. Means over windows,
+    because one log's reward (one rollout batch) and one log's replies are noisy: compared log by log on 8 prompts, 4
+    of 6 quickstart runs were flagged whose replies to 200 held-out prompts were no less varied than SFT's."""
+    if len(history) < 2 * window:
+        return {}
+    start, now = history[:window], history[-window:]
+
+    def means(key):
+        return sum(row[key] for row in start) / window, sum(row[key] for row in now) / window
+
+    (score, score_now), (distinct, distinct_now), (unique, unique_now) = (means("score"), means("distinct_2"),
+                                                                           means("unique_replies"))
+    flags = {}
+    if score_now > score and distinct_now < 0.9 * distinct:
+        flags["possible reward hacking"] = (f"reward up ({score:.3f} -> {score_now:.3f}) while distinct-2 of the "
+                                            f"replies fell ({distinct:.3f} -> {distinct_now:.3f})")
+    if unique_now <= 0.5 * unique:
+        flags["collapse"] = f"distinct replies to the fixed prompts fell from {unique:.0%} to {unique_now:.0%}"
+    for kind in flags:
+        flags[kind] += f", means of the first and last {window} logs"
+    return flags
+
+
 class RLHFGuards(TrainerCallback):
     """Watches the known failure modes of small-model RLHF at every log: non-finite values and runaway KL stop the
     run; reward rising while the replies to fixed prompts lose diversity or collapse to a few strings is flagged."""
@@ -112,19 +141,13 @@ class RLHFGuards(TrainerCallback):
             "unique_replies": len(set(replies)) / len(replies),
             "reply_words": sum(len(r.split()) for r in replies) / len(replies),
         }
-        first = self.history[0] if self.history else row
         self.history.append(row)
         guard_values = {f"guard/{k}": v for k, v in row.items() if k not in ("step", "score", "kl")}
         logs.update(guard_values)
         # The same keys in the log history for both algorithms: the model card's plot and eval/run.py read them.
         state.log_history[-1].update({"objective/scores": score, "objective/kl": kl, **guard_values})
-        if row["score"] > first["score"] and row["distinct_2"] < 0.9 * first["distinct_2"]:
-            self._warn(state, "possible reward hacking",
-                       f"reward up ({first['score']:.3f} -> {row['score']:.3f}) while distinct-2 of the replies fell "
-                       f"({first['distinct_2']:.3f} -> {row['distinct_2']:.3f})")
-        if row["unique_replies"] <= 0.5 < first["unique_replies"]:
-            self._warn(state, "collapse", f"replies to {len(replies)} different prompts collapsed to "
-                                          f"{len(set(replies))} distinct strings")
+        for kind, message in guard_flags(self.history).items():
+            self._warn(state, kind, message)
 
     def _warn(self, state, kind: str, message: str):
         """Log a kind of warning the first time it shows; count how often it shows again."""

@@ -10,6 +10,7 @@ from conftest import ROOT, launch, run_cli, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
+from pipeline.ppo import guard_flags
 from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
 
 TOPICS = ["apples", "trains", "music", "movies", "dogs", "coffee", "soccer", "books"]
@@ -165,3 +166,23 @@ def test_clipped_reward_model_score_stays_within_the_clip(tokenizer, reward_mode
     prompts = [prompt_ids(tokenizer, t) for t in TOPICS]
     scores = reward.part("reward_model", prompts, [reply_ids(tokenizer, f"{t} are great") for t in TOPICS])
     assert max(abs(s) for s in scores) == 0.5
+
+
+def guard_log(step: int, score: float, distinct_2: float, unique_replies: float = 0.6) -> dict:
+    return {"step": step, "score": score, "kl": 0.1 * step, "distinct_2": distinct_2, "unique_replies": unique_replies}
+
+
+def test_guards_need_a_sustained_change_not_one_noisy_log():
+    # One noisy log (a high-reward batch while one of a few replies changed) is not hacking.
+    noisy = [guard_log(i, (0.1, -0.2)[i % 2], (0.32, 0.27)[i % 3 == 0], (0.6, 0.28)[i == 7]) for i in range(1, 13)]
+    assert any(row["score"] > noisy[0]["score"] and row["distinct_2"] < 0.9 * noisy[0]["distinct_2"]
+               for row in noisy[1:])
+    assert guard_flags(noisy) == {}
+    hacked = [guard_log(i, 0.1 * i, 0.4 - 0.02 * i) for i in range(1, 13)]
+    assert guard_flags(hacked[:5]) == {}
+    assert list(guard_flags(hacked)) == ["possible reward hacking"]
+    assert "distinct-2" in guard_flags(hacked)["possible reward hacking"]
+    more_varied = [guard_log(i, 0.1 * i, 0.3 + 0.01 * i, 0.6 - 0.01 * i) for i in range(1, 13)]
+    assert guard_flags(more_varied) == {}
+    collapsed = [guard_log(i, 0.1 * i, 0.3, 0.9 if i < 4 else 0.125) for i in range(1, 13)]
+    assert list(guard_flags(collapsed)) == ["collapse"]
