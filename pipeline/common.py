@@ -239,6 +239,17 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_si
     return [r.strip() for r in replies]
 
 
+def right_padded(rows: list[list[int]], pad_token_id: int, device):
+    """Token rows as one right-padded batch on `device`: input ids, attention mask, and each row's length."""
+    import torch
+
+    width = max(len(row) for row in rows)
+    input_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows], device=device)
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    attention = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+    return input_ids, attention, lengths
+
+
 def score_conversations(model, tokenizer, conversations: list[list[dict]], batch_size: int = 32) -> list[float]:
     """Reward-model scores of whole conversations (ending with the reply to judge), rendered with the chat template;
     the score is read at the last token, the reply's end-of-turn marker, as TRL's trainers do."""
@@ -256,10 +267,7 @@ def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_
     model.eval()
     for start in range(0, len(sequences), batch_size):
         rows = [ids[-window:] for ids in sequences[start : start + batch_size]]
-        width = max(len(row) for row in rows)
-        input_ids = torch.tensor([row + [pad_token_id] * (width - len(row)) for row in rows], device=model.device)
-        lengths = torch.tensor([len(row) for row in rows], device=model.device)
-        attention = (torch.arange(width, device=model.device)[None, :] < lengths[:, None]).long()
+        input_ids, attention, lengths = right_padded(rows, pad_token_id, model.device)
         with torch.no_grad():
             # Read the score at each row's last real token ourselves: the padding token may also occur in a reply.
             hidden = model.base_model(input_ids=input_ids, attention_mask=attention).last_hidden_state
@@ -295,16 +303,16 @@ def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[in
     model.eval()
     for start in range(0, len(order), batch_size):
         batch = [rows[i] for i in order[start : start + batch_size]]
-        width = max(len(p) + len(r) for p, r in batch)
-        input_ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in batch])
-        attention = torch.tensor([[1] * (len(p) + len(r)) + [0] * (width - len(p) - len(r)) for p, r in batch])
+        input_ids, attention, lengths = right_padded([p + r for p, r in batch], pad, model.device)
         # Token t is predicted at position t-1; a reply with no prompt token before it loses its first token.
-        scored = torch.tensor([[max(len(p), 1) <= t < len(p) + len(r) for t in range(1, width)] for p, r in batch])
+        first = torch.tensor([max(len(p), 1) for p, _ in batch], device=model.device)
+        positions = torch.arange(1, input_ids.shape[1], device=model.device)[None, :]
+        scored = (positions >= first[:, None]) & (positions < lengths[:, None])
         with torch.no_grad():
-            logits = model(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device)).logits
-        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1).cpu()
+            logits = model(input_ids=input_ids, attention_mask=attention).logits
+        log_probs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         token_log_probs = log_probs.gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        for i, total in zip(order[start : start + batch_size], (token_log_probs * scored).sum(-1).tolist()):
+        for i, total in zip(order[start : start + batch_size], (token_log_probs * scored).sum(-1).cpu().tolist()):
             totals[i] = total
     return totals
 
