@@ -4,6 +4,7 @@ mean ± std, so that a gain over SFT can be told from noise.
 
     python bench/rlhf_seeds.py                                                # after the quickstart run
     python bench/rlhf_seeds.py --recipe recipes/smoke.yaml --seeds 2 --algorithms rloo --json seeds.json
+    python bench/rlhf_seeds.py --algorithms rloo --first_seed 4                # seeds 4, 5, 6
 
 Each run is `pipeline/ppo.py --seed S --algorithm A` on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose
 hub is {output_root}/{run}/rlhf_seeds/hub (the run's SFT and reward models linked in), so the run's own hub is never
@@ -132,7 +133,9 @@ def table(title: str, rows: list[tuple[str, dict]], std: dict | None = None) -> 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default="recipes/quickstart.yaml", help="the run whose SFT and reward models to use")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm: 1, 2, ... N")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm, counted from --first_seed")
+    parser.add_argument("--first_seed", type=int, default=1,
+                        help="start the seeds here (e.g. 4 with --seeds 3 to confirm a setting chosen on seeds 1-3)")
     parser.add_argument("--algorithms", nargs="+", choices=("ppo", "rloo"), default=["ppo", "rloo"])
     parser.add_argument("--prompts", type=int, default=200,
                         help="held-out prompts per policy (the quickstart SFT model's specificity reads 0.04 on the "
@@ -147,7 +150,7 @@ def main():
                   "sft": {k: v for k, v in evaluator.sft.items() if k != "scores"}}
         for algorithm in args.algorithms:
             rows = []
-            for seed in range(1, args.seeds + 1):
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
                 path = seed_recipe(recipe, work, algorithm, seed)
                 run_stage(path, algorithm, seed)
                 rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{path.stem}-ppo")})

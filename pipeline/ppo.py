@@ -82,9 +82,12 @@ GUARD_WINDOW = 3
 def guard_flags(history: list[dict], window: int = GUARD_WINDOW) -> dict[str, str]:
     """The guards' warnings for a history of logs, comparing means over the first and the last `window` logs:
     "possible reward hacking" when the reward rose while the distinct-2 of the replies to the fixed prompts fell below
-    0.9 of its start; "collapse" when the share of distinct replies fell to half its start or less. Means over windows,
-    because one log's reward (one rollout batch) and one log's replies are noisy: compared log by log on 8 prompts, 4
-    of 6 quickstart runs were flagged whose replies to 200 held-out prompts were no less varied than SFT's."""
+    0.9 of its start; "collapse" when the share of distinct replies fell to half its start or less; "loops" when the
+    replies' repeated-3-gram rate rose by more than 0.1 and by half of its start (a policy can loop inside each reply
+    while the replies stay as different from each other as before: a quickstart PPO run at temperature 0.7 looped in
+    0.43 of its 3-grams, SFT 0.17, with neither of the other flags). Means over windows, because one log's reward (one
+    rollout batch) and one log's replies are noisy: compared log by log on 8 prompts, 4 of 6 quickstart runs were
+    flagged whose replies to 200 held-out prompts were no less varied than SFT's."""
     if len(history) < 2 * window:
         return {}
     start, now = history[:window], history[-window:]
@@ -92,14 +95,16 @@ def guard_flags(history: list[dict], window: int = GUARD_WINDOW) -> dict[str, st
     def means(key):
         return sum(row[key] for row in start) / window, sum(row[key] for row in now) / window
 
-    (score, score_now), (distinct, distinct_now), (unique, unique_now) = (means("score"), means("distinct_2"),
-                                                                           means("unique_replies"))
+    (score, score_now), (distinct, distinct_now), (unique, unique_now), (loops, loops_now) = (
+        means("score"), means("distinct_2"), means("unique_replies"), means("repeated_3gram"))
     flags = {}
     if score_now > score and distinct_now < 0.9 * distinct:
         flags["possible reward hacking"] = (f"reward up ({score:.3f} -> {score_now:.3f}) while distinct-2 of the "
                                             f"replies fell ({distinct:.3f} -> {distinct_now:.3f})")
     if unique_now <= 0.5 * unique:
         flags["collapse"] = f"distinct replies to the fixed prompts fell from {unique:.0%} to {unique_now:.0%}"
+    if loops_now > loops + 0.1 and loops_now > 1.5 * loops:
+        flags["loops"] = f"repeated 3-grams in the replies to the fixed prompts rose from {loops:.2f} to {loops_now:.2f}"
     for kind in flags:
         flags[kind] += f", means of the first and last {window} logs"
     return flags
@@ -107,12 +112,12 @@ def guard_flags(history: list[dict], window: int = GUARD_WINDOW) -> dict[str, st
 
 class RLHFGuards(TrainerCallback):
     """Watches the known failure modes of small-model RLHF at every log: non-finite values and runaway KL stop the
-    run; reward rising while the replies to fixed prompts lose diversity or collapse to a few strings is flagged."""
+    run; reward rising while the replies to fixed prompts lose diversity, collapse to a few strings or loop is flagged."""
 
     def __init__(self, tokenizer, prompts, max_kl: float, max_prompt_tokens: int, max_new_tokens: int):
         self.tokenizer, self.prompts, self.max_kl = tokenizer, prompts, max_kl
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
-        self.distinct = load_metric("distinct_n")
+        self.distinct, self.repeated = load_metric("distinct_n"), load_metric("repeated_ngrams")
         self.history, self.warnings = [], {}
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
@@ -139,6 +144,7 @@ class RLHFGuards(TrainerCallback):
             "kl": kl,
             "distinct_2": self.distinct.compute(predictions=replies)["distinct_2"],
             "unique_replies": len(set(replies)) / len(replies),
+            "repeated_3gram": self.repeated.compute(predictions=replies, n=3)["repeated_ngram_rate"],
             "reply_words": sum(len(r.split()) for r in replies) / len(replies),
         }
         self.history.append(row)
@@ -347,8 +353,8 @@ def main(recipe, overrides):
 The chat model of the minichatgpt run `{recipe.run_name}`: `{sft_path}` trained with {trainer_name} against a
 composite reward (weights: {weights}; reward model `{reward_path}`, standardised:
 {stage_args.normalize_reward_model}), with a KL penalty (kl_coef={config.kl_coef}, KL target {stage_args.kl_target}) to
-the SFT policy. {episodes} episodes, response length {config.response_length}, {config.num_ppo_epochs} epochs per
-batch, seed {config.seed}.
+the SFT policy. {episodes} episodes sampled at temperature {config.temperature}, response length
+{config.response_length}, {config.num_ppo_epochs} epochs per batch, seed {config.seed}.
 
 ## {stage_args.algorithm.upper()} vs SFT on {len(eval_prompts)} held-out prompts (greedy replies, judged by the reward model)
 
@@ -369,8 +375,8 @@ KL trend: {guards.kl_trend()}. Warnings:
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "ppo", "algorithm": stage_args.algorithm, "seed": config.seed,
-                            "reward_weights": composite.weights, "parent": recipe.hub_name("sft"),
-                            "recipe": str(recipe.path),
+                            "temperature": config.temperature, "reward_weights": composite.weights,
+                            "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "guards": {"history": guards.history, "warnings": guards.warnings},
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},

@@ -128,11 +128,12 @@ def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
     for stage in ("tokenizer", "base", "sft", "reward"):
         shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"rl-{stage}")
     recipe = write_recipe(tmp_path / "rl.yaml", tmp_path)
-    result = launch("pipeline/ppo.py", recipe, "--algorithm", "rloo", "--kl_target", "1000")
+    result = launch("pipeline/ppo.py", recipe, "--algorithm", "rloo", "--kl_target", "1000", "--temperature", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "hub" / "rl-ppo"
     meta = json.loads((folder / "minichatgpt.json").read_text())
     assert meta["algorithm"] == "rloo" and meta["metrics"]["episodes"] >= 16
+    assert meta["temperature"] == 0.7 and "sampled at temperature 0.7" in (folder / "README.md").read_text()
     assert meta["metrics"]["final_kl_coef"] < 0.05, "a KL far under its target lowers the coefficient"
     assert any("objective/kl" in row and "rewards/relevance/mean" in row for row in meta["log_history"])
     assert (folder / "ppo_curve.png").is_file()
@@ -148,12 +149,12 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
                     dirs_exist_ok=True)
     for stage in ("sft", "reward"):
         (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
-    result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--prompts", "16", "--json",
-                      tmp_path / "seeds.json"], timeout=1200)
+    result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--first_seed", "3",
+                      "--prompts", "16", "--json", tmp_path / "seeds.json"], timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "seeds.json").read_text())
     for algorithm in ("ppo", "rloo"):
-        assert len(report[algorithm]["seeds"]) == 2
+        assert [row["seed"] for row in report[algorithm]["seeds"]] == [3, 4]
         for field in report["fields"]:
             assert all(field in row for row in report[algorithm]["seeds"])
             assert f"{field}" in report[algorithm]["mean"] and f"{field}" in report[algorithm]["std"]
@@ -168,8 +169,10 @@ def test_clipped_reward_model_score_stays_within_the_clip(tokenizer, reward_mode
     assert max(abs(s) for s in scores) == 0.5
 
 
-def guard_log(step: int, score: float, distinct_2: float, unique_replies: float = 0.6) -> dict:
-    return {"step": step, "score": score, "kl": 0.1 * step, "distinct_2": distinct_2, "unique_replies": unique_replies}
+def guard_log(step: int, score: float, distinct_2: float, unique_replies: float = 0.6, repeated_3gram: float = 0.17
+              ) -> dict:
+    return {"step": step, "score": score, "kl": 0.1 * step, "distinct_2": distinct_2, "unique_replies": unique_replies,
+            "repeated_3gram": repeated_3gram}
 
 
 def test_guards_need_a_sustained_change_not_one_noisy_log():
@@ -186,3 +189,7 @@ def test_guards_need_a_sustained_change_not_one_noisy_log():
     assert guard_flags(more_varied) == {}
     collapsed = [guard_log(i, 0.1 * i, 0.3, 0.9 if i < 4 else 0.125) for i in range(1, 13)]
     assert list(guard_flags(collapsed)) == ["collapse"]
+    looping = [guard_log(i, 0.1 * i, 0.3, 0.6, 0.17 + 0.025 * i) for i in range(1, 13)]
+    assert list(guard_flags(looping)) == ["loops"] and "from 0.22 to 0.4" in guard_flags(looping)["loops"]
+    fewer_loops = [guard_log(i, 0.1 * i, 0.3, 0.6, 0.3 - 0.02 * i) for i in range(1, 13)]
+    assert guard_flags(fewer_loops) == {}
