@@ -39,7 +39,8 @@ def last_user_turn(history: list[dict]) -> str:
     return next((m["content"] for m in reversed(history) if m["role"] == "user"), "")
 
 
-def reply_specificity(histories: list[list[dict]], replies: list[str], human_replies: list[str]) -> dict:
+def reply_specificity(histories: list[list[dict]], replies: list[str], human_replies: list[str],
+                      per_reply: bool = False) -> dict:
     return load_metric("reply_specificity").compute(predictions=replies,
                                                     references=[last_user_turn(h) for h in histories],
-                                                    human_replies=human_replies)
+                                                    human_replies=human_replies, per_reply=per_reply)

@@ -96,6 +96,17 @@ def test_a_copy_of_the_prompt_is_an_echo_and_scores_zero():
     assert result["human_raw"] > 0.1
 
 
+def test_specificity_per_reply_scores_average_to_the_specificity():
+    histories = [history(p) for p, _ in DIALOGS]
+    humans = [r for _, r in DIALOGS]
+    result = reply_specificity(histories, humans[1:] + humans[:1], humans, per_reply=True)
+    assert len(result["scores"]) == len(DIALOGS)
+    assert sum(result["scores"]) / len(DIALOGS) == pytest.approx(result["specificity"])
+    own = reply_specificity(histories, humans, humans, per_reply=True)["scores"]
+    assert sum(own) / len(own) == pytest.approx(1.0)
+    assert min(own) > max(result["scores"])  # each real reply fits its prompt better than a reply to another one
+
+
 def test_specificity_loads_as_a_local_evaluate_module():
     metric = evaluate.load(metric_path("reply_specificity"))
     result = metric.compute(predictions=["blue sky", "cheese pizza"], references=["sky color ?", "pizza ?"])

@@ -150,14 +150,18 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
     for stage in ("sft", "reward"):
         (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
     result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--first_seed", "3",
-                      "--prompts", "16", "--json", tmp_path / "seeds.json"], timeout=1200)
+                      "--prompts", "16", "--ranking_contexts", "8", "--json", tmp_path / "seeds.json"], timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "seeds.json").read_text())
+    assert report["prompts"] == 16
     for algorithm in ("ppo", "rloo"):
         assert [row["seed"] for row in report[algorithm]["seeds"]] == [3, 4]
         for field in report["fields"]:
             assert all(field in row for row in report[algorithm]["seeds"])
             assert f"{field}" in report[algorithm]["mean"] and f"{field}" in report[algorithm]["std"]
+        for row in report[algorithm]["seeds"]:  # the gain is paired: the same prompts as SFT's specificity
+            assert row["specificity_gain"] == pytest.approx(row["specificity"] - report["sft"]["specificity"])
+            assert row["specificity_gain_se"] >= 0
     assert "mean ± std" in result.stdout
 
 

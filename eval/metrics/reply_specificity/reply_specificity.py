@@ -13,11 +13,14 @@ Args:
     human_replies (list of str, optional): the real replies to the same prompts; the score is divided by theirs, so
         human replies score 1.0. Without them the raw score is returned as `specificity`.
     echo_threshold (float): a reply is an echo when at least this share of its words occur in its prompt; default 0.8.
+    per_reply (bool): also return each reply's score; default False.
 Returns:
     specificity (float): mean over replies of cos(reply, own prompt) - mean cos(reply, other prompts), echoes counted
         as 0, divided by the same for the human replies. A constant reply scores 0.
     raw (float), human_raw (float): the two means before the division.
     echo_rate (float): share of replies that mostly copy their prompt.
+    scores (list of float, with per_reply): each reply's score on the same scale, their mean is `specificity`; two
+        models' replies to the same prompts give a paired difference and its standard error.
 """
 
 WORD = re.compile(r"[\w']+")
@@ -61,15 +64,20 @@ class ReplySpecificity(evaluate.Metric):
                                         "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references, human_replies=None, echo_threshold=0.8):
+    def _compute(self, predictions, references, human_replies=None, echo_threshold=0.8, per_reply=False):
         if len(predictions) < 2:
             raise ValueError("reply_specificity needs at least 2 prompts: each reply is compared with the others")
         embedder = load_embedder()
         echoes = [is_echo(r, p, echo_threshold) for r, p in zip(predictions, references)]
-        raw = sum(specificity_scores(embedder, predictions, references, echoes)) / len(predictions)
+        scores = specificity_scores(embedder, predictions, references, echoes)
+        raw = sum(scores) / len(scores)
         result = {"raw": raw, "echo_rate": sum(echoes) / len(echoes), "specificity": raw}
+        scale = 1.0
         if human_replies is not None:
             human_echoes = [is_echo(r, p, echo_threshold) for r, p in zip(human_replies, references)]
             human = sum(specificity_scores(embedder, human_replies, references, human_echoes)) / len(human_replies)
-            result.update(human_raw=human, specificity=raw / human if human > 0 else 0.0)
+            scale = 1 / human if human > 0 else 0.0
+            result.update(human_raw=human, specificity=raw * scale)
+        if per_reply:
+            result["scores"] = [score * scale for score in scores]
         return result
