@@ -145,7 +145,7 @@ def main():
     parser.add_argument("--algorithms", nargs="+", choices=("ppo", "rloo"), default=["ppo", "rloo"])
     parser.add_argument("--prompts", type=int, default=None,
                         help="held-out prompts per policy, all by default (on the quickstart's 1,909 the standard "
-                             "error of a specificity gain is about 0.01; on its first 200, about 0.045)")
+                             "error of a specificity gain is about 0.01; on its first 200, about 0.04)")
     parser.add_argument("--ranking_contexts", type=int, default=200, help="held-out contexts for next-reply recall@1")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
