@@ -78,7 +78,7 @@ def main():
     data_args, reward_args, training_args = recipe.parse_stage("reward", [], defaults=trainer_defaults())
     batch, model = training_args.per_device_train_batch_size, recipe.hub_path("sft")
     pairs, _, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-                                    reward_args.context_turns, training_args.seed, (args.steps + args.warmup) * batch,
+                                    recipe.reward_context_turns(reward_args), training_args.seed, (args.steps + args.warmup) * batch,
                                     eval_pairs=1)
     pairs = with_lengths(pairs.remove_columns("kind"))
     print(f"{torch.get_num_threads()} CPU threads; {model}; batch {batch} pairs; {args.steps} timed steps")

@@ -28,9 +28,9 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from eval.metrics import load_metric
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
-from pipeline.common import generate_replies, load_model, load_tokenizer, score_conversations, trainer_defaults
+from pipeline.common import generate_reply_ids, load_model, load_tokenizer, score_sequences, trainer_defaults
 from pipeline.config import load_recipe
-from pipeline.data import load_dialogs, prompt_reply_pairs, split_eval
+from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,10 +71,11 @@ class Evaluator:
     def __init__(self, recipe, prompts: int | None, ranking_contexts: int):
         data_args, eval_args = recipe.parse_stage("eval", [])
         ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
-        held_out = split_eval(load_dialogs(data_args), data_args)[1]["messages"]
-        pairs = prompt_reply_pairs(held_out, ppo_args.context_turns)[:prompts]
-        self.prompts, self.human_replies = [h for h, _ in pairs], [r for _, r in pairs]
-        self.rows = ranking_rows(held_out, ppo_args.context_turns, max_contexts=ranking_contexts)
+        held_out = dialog_splits(data_args)[1]["messages"]
+        pairs = sample_pairs(held_out, ppo_args.context_turns, prompts, data_args.split_seed)
+        self.prompts, self.human_replies = [h for _, h, _ in pairs], [r for _, _, r in pairs]
+        self.rows = ranking_rows(held_out, ppo_args.context_turns, max_contexts=ranking_contexts,
+                                 seed=data_args.split_seed)
         self.sft_path = recipe.hub_path("sft")
         self.tokenizer = load_tokenizer(self.sft_path, "SFT model's tokenizer")
         self.reward_model = load_model(recipe.hub_path("reward"), AutoModelForSequenceClassification, "reward model",
@@ -82,17 +83,20 @@ class Evaluator:
         self.max_new_tokens = eval_args.max_new_tokens
         self.sft = self.policy_metrics(self.sft_path)
 
-    def replies(self, model) -> list[str]:
+    def replies(self, model) -> tuple[list[str], list[float]]:
+        """Greedy replies to the prompts and the reward model's scores of them as generated (a cut reply stays cut)."""
         budget = model.config.max_position_embeddings - self.max_new_tokens
-        return generate_replies(model, self.tokenizer, self.prompts, max_prompt_tokens=budget, do_sample=False,
-                                repetition_penalty=1.0, max_new_tokens=self.max_new_tokens,
-                                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id)
+        prompt_ids, reply_ids = generate_reply_ids(
+            model, self.tokenizer, self.prompts, max_prompt_tokens=budget, do_sample=False, repetition_penalty=1.0,
+            max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
+            pad_token_id=self.tokenizer.pad_token_id)
+        scores = score_sequences(self.reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
+                                 self.tokenizer.pad_token_id)
+        return [r.strip() for r in self.tokenizer.batch_decode(reply_ids, skip_special_tokens=True)], scores
 
     def policy_metrics(self, folder: Path) -> dict:
         model = load_model(folder, AutoModelForCausalLM, "policy", tokenizer=self.tokenizer)
-        replies = self.replies(model)
-        scores = score_conversations(self.reward_model, self.tokenizer,
-                                     [p + [{"role": "assistant", "content": r}] for p, r in zip(self.prompts, replies)])
+        replies, scores = self.replies(model)
         specificity = reply_specificity(self.prompts, replies, self.human_replies, per_reply=True)
         return {
             "scores": scores,

@@ -5,7 +5,7 @@ Evaluation only: nothing here chooses training data or rewards."""
 import random
 
 from eval.metrics import load_metric
-from pipeline.data import prompt_reply_pairs
+from pipeline.data import sample_pairs
 
 CANDIDATE_POOL = 50
 
@@ -13,11 +13,10 @@ CANDIDATE_POOL = 50
 def ranking_rows(conversations, context_turns: int, candidates: int = 10, max_contexts: int = 200, seed: int = 0
                  ) -> list[tuple[list[dict], list[str]]]:
     """(history, [real reply, k-1 replies from other conversations closest in length of a random pool]) for up to
-    `max_contexts` held-out contexts; seeded, so every model is ranked on the same candidates."""
+    `max_contexts` held-out contexts spread over the conversations (`sample_pairs`); seeded, so every model is
+    ranked on the same candidates."""
     rng = random.Random(seed)
-    pairs = [(index, history, reply) for index, messages in enumerate(conversations)
-             for history, reply in prompt_reply_pairs([messages], context_turns)]
-    rng.shuffle(pairs)
+    pairs = sample_pairs(conversations, context_turns, None, seed)
     rows = []
     for index, history, reply in pairs[:max_contexts]:
         pool = [text for other, _, text in rng.sample(pairs, min(CANDIDATE_POOL, len(pairs)))

@@ -2,103 +2,130 @@
 
     python eval/run.py --config recipes/smoke.yaml [--max_prompts 32]
 
-The report goes to {output_root}/{run_name}/eval/; the numbers also go into each model card's `model-index`.
+Held-out data is what no stage trained on (pipeline/data.py decides it by content id); the prompts are a seeded sample
+spread over all held-out conversations, and every number comes with its standard error. The report goes to
+{output_root}/{run_name}/eval/; the numbers also go into each model card's `model-index`, as a new revision.
 """
 
 import json
 import logging
-import os
+import statistics
+from collections import defaultdict
 from pathlib import Path
 
-import yaml
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 from eval.metrics import load_metric
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
-from pipeline.chat import decoding_config, reply
+from eval.report import render_markdown, write_plots
+from eval.stats import standard_error
+from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.common import (
-    fit_history,
-    generate_replies,
+    generate_reply_ids,
     load_model,
     load_tokenizer,
-    plot_curves,
     run_stage,
     score_conversations,
+    score_sequences,
     trainer_defaults,
 )
-from pipeline.data import load_dialogs, load_text, prompt_reply_pairs, split_eval
-from pipeline.hub import library_versions, read_metadata
+from pipeline.data import dialog_splits, sample_pairs, text_splits
+from pipeline.hub import add_evaluation, library_versions, read_metadata
 from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.eval")
 
+STAGES = ("sft", "ppo")
+# Greedy and beam search with the evaluation's settings; `sample` (the chat's default) and `mmi` decode as chat.py
+# does, from the model's generation_config.json.
+CHAT_STRATEGIES = ("sample", "mmi")
 
-def text_perplexity(model_dir, texts) -> float:
-    return load_metric("perplexity").compute(predictions=texts, model_id=str(model_dir))["perplexity"]
 
-
-def reply_perplexity(model_dir, tokenizer, pairs) -> float:
-    contexts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, tokenize=False) for h, _ in pairs]
-    replies = [f"{reply}<|end|>" for _, reply in pairs]
-    return load_metric("perplexity").compute(predictions=replies, contexts=contexts,
-                                             model_id=str(model_dir))["perplexity"]
+def perplexity_row(model_dir, texts, contexts=None) -> dict:
+    result = load_metric("perplexity").compute(predictions=texts, contexts=contexts, model_id=str(model_dir))
+    return {"perplexity": result["perplexity"], "se": result["perplexity_se"], "texts": result["texts"],
+            "tokens": result["tokens"]}
 
 
 def reply_stats(replies: list[str]) -> dict:
-    return {
-        "distinct_2": load_metric("distinct_n").compute(predictions=replies)["distinct_2"],
-        "repeated_3gram_rate": load_metric("repeated_ngrams").compute(predictions=replies, n=3)["repeated_ngram_rate"],
-        "mean_words": sum(len(r.split()) for r in replies) / max(len(replies), 1),
-    }
+    distinct = load_metric("distinct_n").compute(predictions=replies, standard_error=True)
+    repeated = load_metric("repeated_ngrams").compute(predictions=replies, n=3)
+    words = [len(r.split()) for r in replies]
+    return {"distinct_2": distinct["distinct_2"], "distinct_2_se": distinct["distinct_2_se"],
+            "repeated_3gram_rate": repeated["repeated_ngram_rate"],
+            "repeated_3gram_rate_se": repeated["repeated_ngram_rate_se"],
+            "mean_words": statistics.fmean(words), "mean_words_se": standard_error(words)}
 
 
-def chat_replies(model, tokenizer, prompts, strategy: str, max_prompt_tokens: int, max_new_tokens: int) -> list[str]:
-    """Replies one prompt at a time through the chat's own decoding, from the model's generation_config defaults."""
+def decoded_reply_ids(model, tokenizer, prompts, strategy: str, settings: dict, max_prompt_tokens: int,
+                      max_new_tokens: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Rendered prompts and reply token ids as generated, in batches: greedy and beam with `settings`, the chat's
+    strategies with the model's generation_config.json defaults (mmi: its candidates per prompt, the best kept)."""
+    if strategy not in CHAT_STRATEGIES:
+        return generate_reply_ids(model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens,
+                                  max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, **settings)
     config = decoding_config(model.generation_config, strategy, max_new_tokens=max_new_tokens)
-    return [reply(model, tokenizer, fit_history(tokenizer, p, max_prompt_tokens)[0], config) for p in prompts]
+    candidates, config.num_return_sequences = config.num_return_sequences, 1
+    prompt_ids, reply_ids = generate_reply_ids(model, tokenizer, [p for p in prompts for _ in range(candidates)],
+                                               batch_size=64, max_prompt_tokens=max_prompt_tokens,
+                                               generation_config=config,
+                                               no_repeat_ngram_size=config.no_repeat_ngram_size)
+    if candidates == 1:
+        return prompt_ids, reply_ids
+    groups = range(0, len(reply_ids), candidates)
+    return ([prompt_ids[i] for i in groups],
+            [mmi_rerank(model, tokenizer, prompt_ids[i], reply_ids[i : i + candidates], config.mmi_lambda)
+             for i in groups])
 
 
-def update_model_card(folder: Path, metrics: dict):
-    """Add the evaluation numbers to the card's `model-index` (written to a temporary file, then moved)."""
-    card = folder / "README.md"
-    if not card.is_file():
-        return
-    text = card.read_text(encoding="utf-8")
-    _, front, body = text.split("---\n", 2)
-    meta = yaml.safe_load(front)
-    results = meta.setdefault("model-index", [{"name": "minichatgpt", "results": []}])[0]["results"]
-    results[:] = [r for r in results if r.get("dataset", {}).get("name") != "held-out evaluation"]
-    results.append({"task": {"type": meta.get("pipeline_tag", "text-generation")},
-                    "dataset": {"name": "held-out evaluation", "type": "minichatgpt"},
-                    "metrics": [{"type": k, "value": round(v, 4)} for k, v in metrics.items()]})
-    tmp = card.with_suffix(".tmp")
-    tmp.write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body}", encoding="utf-8")
-    os.replace(tmp, card)
+def compare_policies(models: dict, reward_model, tokenizer, prompts, human_replies, max_prompt_tokens,
+                     max_new_tokens, args) -> tuple[dict, dict]:
+    """Per decoding: each policy's replies judged by the independent judges (specificity and echo rate, with the
+    paired specificity gain of the RL model over SFT), by their form, and by the reward model, which scores each
+    reply as it was generated (a reply cut off by the length limit has no end of turn)."""
+    strategies = {
+        "greedy": {"do_sample": False, "repetition_penalty": 1.0},
+        "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
+        **{strategy: {} for strategy in CHAT_STRATEGIES},
+    }
+    replies, rows = {}, {}
+    for strategy, settings in strategies.items():
+        row, scores, specificity = {}, {}, {}
+        for stage in STAGES:
+            set_seed(args.seed)
+            prompt_ids, reply_ids = decoded_reply_ids(models[stage], tokenizer, prompts, strategy, settings,
+                                                      max_prompt_tokens, max_new_tokens)
+            texts = [r.strip() for r in tokenizer.batch_decode(reply_ids, skip_special_tokens=True)]
+            replies[(stage, strategy)] = texts
+            scores[stage] = score_sequences(reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
+                                            tokenizer.pad_token_id)
+            judged = reply_specificity(prompts, texts, human_replies, per_reply=True)
+            specificity[stage] = judged["scores"]
+            row.update({f"{stage}_specificity": judged["specificity"], f"{stage}_specificity_se": judged["specificity_se"],
+                        f"{stage}_echo_rate": judged["echo_rate"], f"{stage}_echo_rate_se": judged["echo_rate_se"],
+                        **{f"{stage}_{k}": v for k, v in reply_stats(texts).items()}})
+        gains = [p - s for p, s in zip(specificity["ppo"], specificity["sft"])]
+        wins = load_metric("win_rate").compute(predictions=scores["ppo"], references=scores["sft"])
+        rows[strategy] = {"specificity_gain": statistics.fmean(gains), "specificity_gain_se": standard_error(gains),
+                          "ppo_win_rate": wins["win_rate"], "ppo_win_rate_se": wins["win_rate_se"],
+                          "ppo_mean_reward": wins["mean_score_a"], "ppo_mean_reward_se": wins["mean_score_a_se"],
+                          "sft_mean_reward": wins["mean_score_b"], "sft_mean_reward_se": wins["mean_score_b_se"],
+                          **row}
+    return rows, replies
 
 
-def plot_reward_accuracy(per_kind: dict, path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in per_kind.get("after", {}) if k != "all"] + ["all"]
-    if not per_kind.get("after"):
-        return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    width = 0.4
-    for offset, when in ((-width / 2, "before"), (width / 2, "after")):
-        ax.bar([i + offset for i in range(len(kinds))], [per_kind[when][k]["accuracy"] for k in kinds], width,
-               label=f"{when} training")
-    ax.set_xticks(range(len(kinds)), kinds, rotation=20)
-    ax.set_ylim(0, 1)
-    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    ax.set_title("reward model: held-out pairwise accuracy")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def reward_accuracy(reward_model, tokenizer, pairs) -> dict:
+    """Pairwise accuracy on held-out pairs, overall and per rejected kind, with standard errors."""
+    chosen, rejected = (score_conversations(reward_model, tokenizer, [p + s for p, s in zip(pairs["prompt"], pairs[side])])
+                        for side in ("chosen", "rejected"))
+    by_kind = defaultdict(lambda: ([], []))
+    for kind, c, r in zip(pairs["kind"], chosen, rejected):
+        by_kind[kind][0].append(c)
+        by_kind[kind][1].append(r)
+    accuracy = load_metric("pairwise_accuracy")
+    return {**accuracy.compute(predictions=chosen, references=rejected),
+            "per_kind": {kind: accuracy.compute(predictions=c, references=r) for kind, (c, r) in sorted(by_kind.items())}}
 
 
 def main(recipe, overrides):
@@ -110,169 +137,75 @@ def main(recipe, overrides):
               "library_versions": library_versions(),
               "rl_algorithm": read_metadata(paths["ppo"]).get("algorithm", "ppo")}
 
-    _, held_out_text = split_eval(load_text(data_args), data_args)
-    texts = list(held_out_text["text"])[: args.max_prompts]
-    dialog_split = split_eval(load_dialogs(data_args), data_args)
-    held_out_dialogs = dialog_split[1]
+    texts = list(text_splits(data_args)[1]["text"])
+    dialog_split = dialog_splits(data_args)
+    held_out_dialogs = dialog_split[1]["messages"]
     ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
     reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
-    pairs = prompt_reply_pairs(held_out_dialogs["messages"], ppo_args.context_turns)[: args.max_prompts]
-    prompts = [history for history, _ in pairs]
+    sampled = sample_pairs(held_out_dialogs, ppo_args.context_turns, args.max_prompts, data_args.split_seed)
+    prompts, human_replies = [history for _, history, _ in sampled], [reply for _, _, reply in sampled]
+    rows = ranking_rows(held_out_dialogs, ppo_args.context_turns, max_contexts=args.ranking_contexts,
+                        seed=data_args.split_seed)
+    report["held_out"] = {"text_documents": len(texts), "conversations": len(held_out_dialogs),
+                          "prompts": len(prompts), "prompt_conversations": len({i for i, _, _ in sampled}),
+                          "ranking_contexts": len(rows)}
     tokenizer = load_tokenizer(paths["sft"], "SFT model's tokenizer")
 
+    contexts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, tokenize=False) for h in prompts]
     report["perplexity"] = {
-        stage: {"held_out_text": text_perplexity(paths[stage], texts),
-                "held_out_replies": reply_perplexity(paths[stage], tokenizer, pairs)}
+        stage: {"held_out_text": perplexity_row(paths[stage], texts),
+                "held_out_replies": perplexity_row(paths[stage], [f"{r}<|end|>" for r in human_replies], contexts)}
         for stage in ("pretrain", "sft")
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
     _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-                                         reward_args.context_turns, reward_config.seed, reward_args.max_pairs,
-                                         reward_args.eval_pairs, dialogs=dialog_split)
-    chosen = score_conversations(reward_model, tokenizer, [p + c for p, c in zip(eval_pairs["prompt"],
-                                                                                 eval_pairs["chosen"])])
-    rejected = score_conversations(reward_model, tokenizer, [p + r for p, r in zip(eval_pairs["prompt"],
-                                                                                   eval_pairs["rejected"])])
-    report["reward_model"] = load_metric("pairwise_accuracy").compute(predictions=chosen, references=rejected)
+                                         recipe.reward_context_turns(reward_args), reward_config.seed,
+                                         reward_args.max_pairs, reward_args.eval_pairs, dialogs=dialog_split)
+    report["reward_model"] = reward_accuracy(reward_model, tokenizer, eval_pairs)
 
-    context = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings
-    budget = context - args.max_new_tokens
-    strategies = {
-        "greedy": {"do_sample": False, "repetition_penalty": 1.0},
-        "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
-    }
-    # The chat's default (sampling from generation_config.json) and MMI reranking, decoded as chat.py decodes.
-    chat_strategies = ("sample", "mmi")
-    replies, policies = {}, {}
-    for stage in ("sft", "ppo"):
-        model = load_model(paths[stage], AutoModelForCausalLM, f"{stage} model", tokenizer=tokenizer)
-        for strategy, settings in strategies.items():
-            replies[(stage, strategy)] = generate_replies(
-                model, tokenizer, prompts, max_prompt_tokens=budget, max_new_tokens=args.max_new_tokens,
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **settings)
-        for strategy in chat_strategies:
-            set_seed(args.seed)
-            replies[(stage, strategy)] = chat_replies(model, tokenizer, prompts, strategy, budget,
-                                                      args.max_new_tokens)
-    human_replies = [r for _, r in pairs]
-    for strategy in (*strategies, *chat_strategies):
-        scores = {stage: score_conversations(reward_model, tokenizer, [
-            p + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies[(stage, strategy)])])
-            for stage in ("sft", "ppo")}
-        wins = load_metric("win_rate").compute(predictions=scores["ppo"], references=scores["sft"])
-        policies[strategy] = {
-            "ppo_win_rate": wins["win_rate"],
-            **{f"{stage}_{k}": v for stage in ("sft", "ppo") for k, v in
-               {"mean_reward": wins["mean_score_a" if stage == "ppo" else "mean_score_b"],
-                **reply_stats(replies[(stage, strategy)]),
-                **relevance_stats(prompts, replies[(stage, strategy)], human_replies)}.items()},
-        }
-    report["sft_vs_ppo"] = policies
-    rows = ranking_rows(held_out_dialogs["messages"], ppo_args.context_turns, max_contexts=args.ranking_contexts,
-                        seed=data_args.split_seed)
+    budget = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings - args.max_new_tokens
+    models = {stage: load_model(paths[stage], AutoModelForCausalLM, f"{stage} model", tokenizer=tokenizer)
+              for stage in STAGES}
+    report["sft_vs_ppo"], replies = compare_policies(models, reward_model, tokenizer, prompts, human_replies, budget,
+                                                     args.max_new_tokens, args)
     report["next_reply_ranking"] = {stage: next_reply_recall(paths[stage], tokenizer, rows)
                                     for stage in ("pretrain", "sft", "ppo")}
+    strategies = list(report["sft_vs_ppo"])
     report["samples"] = [
         {"prompt": p[-1]["content"], **{f"{stage}_{strategy}": replies[(stage, strategy)][i]
-                                        for stage in ("sft", "ppo") for strategy in (*strategies, *chat_strategies)}}
+                                        for stage in STAGES for strategy in strategies}}
         for i, p in enumerate(prompts[:8])
     ]
     report["plots"] = write_plots(paths, out)
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    update_model_cards(recipe, report)
 
-    ranking = report["next_reply_ranking"]
-    update_model_card(paths["pretrain"], {**{f"{k}_perplexity": v for k, v in report["perplexity"]["pretrain"].items()},
-                                          "next_reply_recall_at_1": ranking["pretrain"]["recall_at_1"]})
-    update_model_card(paths["sft"], {**{f"{k}_perplexity": v for k, v in report["perplexity"]["sft"].items()},
-                                     "next_reply_recall_at_1": ranking["sft"]["recall_at_1"]})
-    update_model_card(paths["reward"], {"pairwise_accuracy": report["reward_model"]["accuracy"]})
-    update_model_card(paths["ppo"], {**{f"{s}_{k}": v for s, row in policies.items() for k, v in row.items()
-                                        if k.startswith("ppo_")},
-                                     "next_reply_recall_at_1": ranking["ppo"]["recall_at_1"]})
+    policies, ranking = report["sft_vs_ppo"], report["next_reply_ranking"]
     print(f"report: {out / 'report.md'}")
-    print(f"SFT vs base reply perplexity: {report['perplexity']['sft']['held_out_replies']:.1f} vs "
-          f"{report['perplexity']['pretrain']['held_out_replies']:.1f}; reward accuracy "
-          f"{report['reward_model']['accuracy']:.3f}; PPO win rate (greedy) {policies['greedy']['ppo_win_rate']:.2f}; "
-          f"next-reply recall@1 SFT {ranking['sft']['recall_at_1']:.2f}; specificity of the chat default (sample) "
-          f"SFT {policies['sample']['sft_specificity']:.2f}, PPO {policies['sample']['ppo_specificity']:.2f}")
+    print(f"SFT vs base reply perplexity: {report['perplexity']['sft']['held_out_replies']['perplexity']:.1f} vs "
+          f"{report['perplexity']['pretrain']['held_out_replies']['perplexity']:.1f}; reward accuracy "
+          f"{report['reward_model']['accuracy']:.3f}; next-reply recall@1 SFT {ranking['sft']['recall_at_1']:.2f}; "
+          f"specificity of the chat default (sample) SFT {policies['sample']['sft_specificity']:.3f}, RL "
+          f"{policies['sample']['ppo_specificity']:.3f} (gain {policies['sample']['specificity_gain']:+.3f} ± "
+          f"{policies['sample']['specificity_gain_se']:.3f}, {len(prompts)} prompts)")
 
 
-def relevance_stats(prompts, replies: list[str], human_replies: list[str]) -> dict:
-    result = reply_specificity(prompts, replies, human_replies)
-    return {"specificity": result["specificity"], "echo_rate": result["echo_rate"]}
-
-
-def write_plots(paths: dict, out: Path) -> list[str]:
-    written = []
-    for stage, title in (("pretrain", "pretraining"), ("sft", "SFT")):
-        history = read_metadata(paths[stage]).get("log_history", [])
-        if plot_curves(history, {"loss": "train loss", "eval_loss": "eval loss"}, out / f"{stage}_loss.png", title):
-            written.append(f"{stage}_loss.png")
-    if plot_reward_accuracy(read_metadata(paths["reward"]).get("per_kind", {}), out / "reward_accuracy.png"):
-        written.append("reward_accuracy.png")
-    history = read_metadata(paths["ppo"]).get("log_history", [])
-    if plot_curves(history, {"objective/scores": "reward-model score", "objective/kl": "KL to SFT"},
-                   out / "ppo_reward_kl.png", "PPO"):
-        written.append("ppo_reward_kl.png")
-    return written
-
-
-def render_markdown(report: dict) -> str:
-    ppl = report["perplexity"]
-    rl = report["rl_algorithm"].upper()
-    lines = [
-        f"# Evaluation of the run `{report['run']}`",
-        "",
-        f"Recipe `{report['recipe']}`. Held-out splits only.",
-        "",
-        "## Perplexity",
-        "",
-        "| model | held-out text | held-out dialog replies |",
-        "|---|---|---|",
-        *[f"| {stage} | {row['held_out_text']:.1f} | {row['held_out_replies']:.1f} |" for stage, row in ppl.items()],
-        "",
-        "## Reward model",
-        "",
-        f"Pairwise accuracy {report['reward_model']['accuracy']:.3f}, mean margin "
-        f"{report['reward_model']['mean_margin']:.3f} on held-out automatic pairs.",
-        "",
-        "## Next-reply ranking (relevance under each model's own likelihood)",
-        "",
-        "Recall@1 of 10: how often the real reply scores highest among it and 9 replies of similar length from "
-        "other conversations (chance 0.10), by log p(reply | context) and by PMI.",
-        "",
-        "| model | recall@1 | recall@1 (PMI) | mean rank |",
-        "|---|---|---|---|",
-        *[f"| {stage} | {row['recall_at_1']:.3f} | {row['recall_at_1_pmi']:.3f} | {row['mean_rank']:.2f} |"
-          for stage, row in report["next_reply_ranking"].items()],
-        "",
-        f"## SFT vs the RL model ({rl}, `-ppo`) on held-out prompts",
-        "",
-        "Mean reward and win rate are the reward model's judgement; specificity (human replies = 1, a constant reply "
-        "= 0) and echo rate come from an independent sentence-embedding model. `sample` is the chat's default "
-        "decoding (generation_config.json); `mmi` reranks sampled candidates by mutual information.",
-        "",
-        "| decoding | policy | mean reward | RL win rate | specificity | echo rate | distinct-2 | repeated 3-gram rate "
-        "| mean words |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for strategy, row in report["sft_vs_ppo"].items():
-        for stage in ("sft", "ppo"):
-            win = f"{row['ppo_win_rate']:.2f}" if stage == "ppo" else ""
-            lines.append(f"| {strategy} | {stage} | {row[f'{stage}_mean_reward']:.3f} | {win} | "
-                         f"{row[f'{stage}_specificity']:.3f} | {row[f'{stage}_echo_rate']:.3f} | "
-                         f"{row[f'{stage}_distinct_2']:.3f} | {row[f'{stage}_repeated_3gram_rate']:.3f} | "
-                         f"{row[f'{stage}_mean_words']:.1f} |")
-    lines += ["", "## Sample replies", "",
-              f"| prompt | SFT greedy | {rl} greedy | SFT beam | {rl} beam | SFT mmi | {rl} mmi |",
-              "|---|---|---|---|---|---|---|"]
-    for s in report["samples"]:
-        cells = [s["prompt"], s["sft_greedy"], s["ppo_greedy"], s["sft_beam"], s["ppo_beam"], s["sft_mmi"],
-                 s["ppo_mmi"]]
-        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
-    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
-    return "\n".join(lines) + "\n"
+def update_model_cards(recipe, report: dict):
+    """The evaluation's numbers in each model card's `model-index`, as a new revision of the model."""
+    ranking, policies, perplexity = report["next_reply_ranking"], report["sft_vs_ppo"], report["perplexity"]
+    cards = {
+        "pretrain": {**{f"{k}_perplexity": v["perplexity"] for k, v in perplexity["pretrain"].items()},
+                     "next_reply_recall_at_1": ranking["pretrain"]["recall_at_1"]},
+        "sft": {**{f"{k}_perplexity": v["perplexity"] for k, v in perplexity["sft"].items()},
+                "next_reply_recall_at_1": ranking["sft"]["recall_at_1"]},
+        "reward": {"pairwise_accuracy": report["reward_model"]["accuracy"]},
+        "ppo": {**{f"{s}_{k}": v for s, row in policies.items() for k, v in row.items()
+                   if k.startswith("ppo_") and not k.endswith("_se")},
+                "next_reply_recall_at_1": ranking["ppo"]["recall_at_1"]},
+    }
+    for stage, metrics in cards.items():
+        add_evaluation(recipe.run.hub_dir, recipe.hub_name(stage), metrics, keep_revisions=recipe.run.keep_revisions)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParser, TextStreamer, set_seed
 
-from pipeline.common import MMI_DEFAULTS, fit_history, load_model, load_tokenizer, pmi_scores
+from pipeline.common import (
+    MMI_DEFAULTS,
+    cut_at_end,
+    end_of_turn_ids,
+    fit_history,
+    load_model,
+    load_tokenizer,
+    token_pmi_scores,
+)
 from pipeline.errors import PipelineError
 from pipeline.hub import read_metadata
 
@@ -78,31 +86,37 @@ def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> Gener
     return config
 
 
-def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, stream: bool = False,
-          streamer=None) -> str:
-    """The reply to `prompt_ids`; `stream` prints it as it is made, `streamer` (e.g. a TextIteratorStreamer) gets
-    its tokens instead."""
+def reply_ids(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, streamer=None) -> list[int]:
+    """The reply's token ids as generated, up to and including its end-of-turn token when it wrote one; `streamer`
+    (e.g. a TextStreamer) gets its tokens as they are made. With several candidates (mmi), the best by MMI."""
     import torch
 
     input_ids = torch.tensor([prompt_ids], device=model.device)
     candidates = config.num_return_sequences or 1
-    if streamer is None and stream and candidates == 1:
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
                              streamer=streamer if candidates == 1 else None)
-    replies = [r.strip() for r in tokenizer.batch_decode(out[:, len(prompt_ids):], skip_special_tokens=True)]
-    if candidates == 1:
-        return replies[0]
-    return mmi_rerank(model, tokenizer, prompt_ids, replies, config.mmi_lambda)
+    ends = set(end_of_turn_ids(tokenizer))
+    rows = [cut_at_end(row, ends) for row in out[:, len(prompt_ids):].tolist()]
+    return rows[0] if candidates == 1 else mmi_rerank(model, tokenizer, prompt_ids, rows, config.mmi_lambda)
 
 
-def mmi_rerank(model, tokenizer, prompt_ids: list[int], candidates: list[str], mmi_lambda: float) -> str:
-    """The candidate with the highest per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty prompt);
-    an empty reply only when every candidate is empty."""
-    unique = list(dict.fromkeys(c for c in candidates if c)) or [""]
-    scores = pmi_scores(model, tokenizer, [prompt_ids] * len(unique), unique, mmi_lambda)
-    return max(zip(scores, unique))[1]
+def reply(model, tokenizer, prompt_ids: list[int], config: GenerationConfig, stream: bool = False,
+          streamer=None) -> str:
+    """The reply to `prompt_ids`; `stream` prints it as it is made, `streamer` (e.g. a TextIteratorStreamer) gets
+    its tokens instead."""
+    if streamer is None and stream and (config.num_return_sequences or 1) == 1:
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    return tokenizer.decode(reply_ids(model, tokenizer, prompt_ids, config, streamer), skip_special_tokens=True).strip()
+
+
+def mmi_rerank(model, tokenizer, prompt_ids: list[int], candidates: list[list[int]], mmi_lambda: float) -> list[int]:
+    """The candidate (token ids) with the highest per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty
+    prompt); an empty reply only when every candidate is empty."""
+    texts = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in candidates]
+    unique = list({text: ids for text, ids in zip(texts, candidates) if text}.values()) or candidates[:1]
+    scores = token_pmi_scores(model, tokenizer, [prompt_ids] * len(unique), unique, mmi_lambda)
+    return unique[max(range(len(unique)), key=scores.__getitem__)]
 
 
 def decode(model, tokenizer, text: str, strategy: str = "greedy", max_len: int = 50, beam_width: int = 5,

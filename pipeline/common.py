@@ -217,13 +217,16 @@ def render_prompts(tokenizer, conversations: list[list[dict]], max_prompt_tokens
     return [fit_history(tokenizer, messages, max_prompt_tokens)[0] for messages in conversations]
 
 
-def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
-                     max_prompt_tokens: int | None = None, **generate_kwargs) -> list[str]:
-    """Replies of a chat model to conversations ending at a user turn, via `generate()` with left padding. The
-    chat's shipped `no_repeat_ngram_size` is off unless asked for: it would hide the loops these replies measure."""
+def generate_reply_ids(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
+                       max_prompt_tokens: int | None = None, **generate_kwargs) -> tuple[list[list[int]], list[list[int]]]:
+    """The rendered prompts and the replies of a chat model to conversations ending at a user turn, as token ids,
+    via `generate()` with left padding: each reply as generated, up to and including the first end token when it
+    wrote one (a reply cut off by the length limit has none). The chat's shipped `no_repeat_ngram_size` is off
+    unless asked for: it would hide the loops these replies measure."""
     import torch
 
     generate_kwargs.setdefault("no_repeat_ngram_size", 0)
+    ends = set(end_of_turn_ids(tokenizer))
     prompts = render_prompts(tokenizer, conversations, max_prompt_tokens)
     replies = []
     model.eval()
@@ -235,8 +238,21 @@ def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_si
         with torch.no_grad():
             out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention.to(model.device),
                                  **generate_kwargs)
-        replies.extend(tokenizer.batch_decode(out[:, width:], skip_special_tokens=True))
-    return [r.strip() for r in replies]
+        replies.extend(cut_at_end(row, ends) for row in out[:, width:].tolist())
+    return prompts, replies
+
+
+def cut_at_end(tokens: list[int], ends: set[int]) -> list[int]:
+    """A generated row up to and including its first end token; the padding after it is not part of the reply."""
+    end = next((i for i, token in enumerate(tokens) if token in ends), None)
+    return tokens if end is None else tokens[: end + 1]
+
+
+def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
+                     max_prompt_tokens: int | None = None, **generate_kwargs) -> list[str]:
+    """`generate_reply_ids` decoded: the replies' text."""
+    _, replies = generate_reply_ids(model, tokenizer, conversations, batch_size, max_prompt_tokens, **generate_kwargs)
+    return [r.strip() for r in tokenizer.batch_decode(replies, skip_special_tokens=True)]
 
 
 def right_padded(rows: list[list[int]], pad_token_id: int, device):
@@ -317,18 +333,11 @@ def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[in
     return totals
 
 
-def pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[str], mmi_lambda: float = 1.0,
-               batch_size: int = 32) -> list[float]:
-    """Per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty prompt) for rendered prompts (token ids
-    ending with the generation prompt): how much the prompt explains the reply beyond the reply's own likelihood
-    (pointwise mutual information at mmi_lambda = 1)."""
-    reply_ids = [reply_token_ids(tokenizer, r) for r in replies]
-    return token_pmi_scores(model, tokenizer, prompts, reply_ids, mmi_lambda, batch_size)
-
-
 def token_pmi_scores(model, tokenizer, prompts: list[list[int]], replies: list[list[int]], mmi_lambda: float = 1.0,
                      batch_size: int = 32) -> list[float]:
-    """`pmi_scores` on the replies' token ids."""
+    """Per-token log p(reply | prompt) - mmi_lambda * log p(reply | empty prompt) for rendered prompts (token ids
+    ending with the generation prompt) and replies as token ids: how much the prompt explains the reply beyond the
+    reply's own likelihood (pointwise mutual information at mmi_lambda = 1)."""
     conditional = reply_log_likelihoods(model, prompts, replies, batch_size)
     if not mmi_lambda:
         return [c / max(len(ids), 1) for c, ids in zip(conditional, replies)]

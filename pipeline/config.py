@@ -51,9 +51,14 @@ class DataArguments:
     max_documents_per_source: int | None = field(
         default=None, metadata={"help": "Keep at most this many documents/conversations of each source."}
     )
-    eval_fraction: float = field(default=0.05, metadata={"help": "Share of each corpus held out for evaluation."})
-    max_eval_examples: int = field(default=200, metadata={"help": "Cap on the held-out split's size."})
-    split_seed: int = field(default=1234, metadata={"help": "Seed of the held-out split; every stage uses the same."})
+    eval_fraction: float = field(
+        default=0.05, metadata={"help": "Share of documents and conversations held out, drawn from each one's content "
+                                "id: the same in every stage, whatever the mix of sources."})
+    max_eval_examples: int = field(
+        default=200, metadata={"help": "Held-out documents (and conversations) evaluated; held-out ones past it are "
+                               "used nowhere."})
+    split_seed: int = field(
+        default=1234, metadata={"help": "Seed of the held-out draw and of the samples of held-out prompts."})
     max_bad_fraction: float = field(
         default=0.1, metadata={"help": "Fail when more than this share of a source's rows is malformed."}
     )
@@ -121,8 +126,9 @@ class RewardArguments:
                                        "per preference pair (0: the preference files only)."}
     )
     eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out pairs the accuracy is measured on."})
-    context_turns: int = field(
-        default=2, metadata={"help": "Turns before the reply that the reward model sees; the last is the user's."}
+    context_turns: int | None = field(
+        default=None, metadata={"help": "Turns before the reply that the reward model sees, the last the user's; "
+                                "default: ppo.context_turns, the contexts the RL stage gives it to score."}
     )
 
 
@@ -143,8 +149,12 @@ class PPOArguments:
     )
     reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
     normalize_reward_model: bool = field(
-        default=True, metadata={"help": "Standardise the reward model's score by its mean and std over the first "
-                                "scored rollout batch (the SFT policy's replies)."}
+        default=True, metadata={"help": "Standardise the reward model's score by its mean and std over warm-up "
+                                "rollouts of the SFT policy (reward_scale_rollouts), gathered from every process."}
+    )
+    reward_scale_rollouts: int = field(
+        default=256, metadata={"help": "Warm-up replies of the SFT policy, one per training prompt, sampled as the "
+                               "rollouts are, whose reward-model scores set the standardisation."}
     )
     reward_model_clip: float | None = field(
         default=None, metadata={"help": "Clip the standardised reward-model score to [-clip, clip], so that no reply "
@@ -290,6 +300,13 @@ class Recipe:
         """The data arguments and the section's dataclasses; command-line flags of data fields go to the data."""
         data_argv, section_argv = _split_argv(overrides, _known_keys("data"))
         return (*self.parse("data", data_argv), *self.parse(section, section_argv, defaults))
+
+    def reward_context_turns(self, reward_args: RewardArguments) -> int:
+        """The turns before a reply that the reward model sees: its own setting, else those of the RL stage's
+        prompts, which it will score."""
+        if reward_args.context_turns is not None:
+            return reward_args.context_turns
+        return (self.sections.get("ppo") or {}).get("context_turns", PPOArguments.context_turns)
 
     def fingerprint(self, stage: str, overrides: list[str] = ()) -> str:
         """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran

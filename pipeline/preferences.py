@@ -7,17 +7,10 @@ from collections import Counter
 
 from datasets import Dataset, concatenate_datasets
 
-from pipeline.data import (
-    BadRows,
-    expand_paths,
-    hub_dataset,
-    load_dialogs,
-    prompt_reply_pairs,
-    read_records,
-    split_eval,
-    validate_messages,
-)
+from pipeline.data import content_id, dialog_splits, prompt_reply_pairs, split_eval
 from pipeline.errors import PipelineError
+from pipeline.files import expand_paths, hub_dataset, read_records
+from pipeline.sources import BadRows, conversation_text, validate_messages
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +103,8 @@ def _as_messages(value, role: str):
 def load_preferences(args) -> Dataset:
     """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
     (implicit prompt: full conversations sharing a prefix); strings or message lists. Arena ties and both-bad votes
-    are skipped."""
-    rows = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
+    are skipped. A row's id is its prompt's, so that every pair of one prompt is on the same side of the split."""
+    rows = {"id": [], "prompt": [], "chosen": [], "rejected": [], "kind": []}
     for source in args.preference_sources:
         bad = BadRows(source)
         kind, _, location = source.partition(":")
@@ -146,6 +139,7 @@ def load_preferences(args) -> Dataset:
             if problem:
                 bad.add(where, problem)
                 continue
+            rows["id"].append(content_id(conversation_text(prompt)))
             rows["prompt"].append(prompt)
             rows["chosen"].append(chosen)
             rows["rejected"].append(rejected)
@@ -164,17 +158,17 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
     built from each split of the dialogs (at most `eval_pairs` held-out pairs, with the data's split seed). `dialogs`
     is the (train, held-out) split of the dialogs when the caller has loaded it already."""
     if args.preference_sources:
-        train, held_out = split_eval(load_preferences(args), args)
+        train, held_out = (part.remove_columns("id") for part in split_eval(load_preferences(args), args))
         how = f"human preferences from {', '.join(args.preference_sources)}"
         wanted = round(built_per_preference * len(train))
         if wanted:
-            train_dialogs = (dialogs or split_eval(load_dialogs(args), args))[0]
+            train_dialogs = (dialogs or dialog_splits(args))[0]
             built = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns,
                                            min(wanted, max_pairs or wanted))
             train = concatenate_datasets([train, built.cast(train.features)])
             how += f", mixed with {len(built)} pairs built from {', '.join(args.dialog_sources)}"
         return train, held_out, how
-    train_dialogs, eval_dialogs = dialogs or split_eval(load_dialogs(args), args)
+    train_dialogs, eval_dialogs = dialogs or dialog_splits(args)
     train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
     held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
                                       eval_pairs)

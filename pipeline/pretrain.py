@@ -34,7 +34,7 @@ from pipeline.common import (
     trainer_defaults,
 )
 from pipeline.config import PretrainArguments
-from pipeline.data import load_text, split_eval
+from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
 
@@ -193,7 +193,7 @@ def main(recipe, overrides):
     check_writable(recipe.run.hub_dir)
     tokenizer = load_tokenizer(recipe.hub_path("tokenizer"))
 
-    train_text, eval_text = split_eval(load_text(data_args), data_args)
+    train_text, eval_text = text_splits(data_args)
     num_proc = 2 if len(train_text) > 20_000 else None
     with training_args.main_process_first(desc="packing"):
         train_blocks = pack_blocks(train_text, tokenizer, shape.n_positions, num_proc)

@@ -65,7 +65,8 @@ def main(recipe, overrides):
                                            model.config.max_position_embeddings)
 
     train_pairs, eval_pairs, how = preference_splits(data_args, stage_args.rejected_kinds,
-                                                     stage_args.rejected_weights, stage_args.context_turns,
+                                                     stage_args.rejected_weights,
+                                                     recipe.reward_context_turns(stage_args),
                                                      training_args.seed, stage_args.max_pairs, stage_args.eval_pairs,
                                                      built_per_preference=stage_args.built_per_preference)
     print(f"reward data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")

@@ -2,8 +2,8 @@
 learned, so that a policy cannot buy reward-model score with loops, endless replies or replies to nothing:
 
 - `reward_model`: the reward model's score of the whole conversation, optionally standardised by its mean and spread
-  over the first rollout batch (the SFT policy's replies), so the other weights are in units of that spread, and
-  clipped, so that a reply that exploits the reward model earns no more than a few spreads;
+  over warm-up rollouts of the SFT policy (`set_reward_model_scale`), so the other weights are in units of that
+  spread, and clipped, so that a reply that exploits the reward model earns no more than a few spreads;
 - `repetition`: minus the share of repeated token n-grams in the reply (`trl.rewards.get_repetition_penalty_reward`);
 - `end_of_turn`: -1 for a reply that never wrote the end-of-turn token (cut off by the length limit);
 - `relevance`: per-token pointwise mutual information of reply and context under the frozen SFT model,
@@ -72,16 +72,29 @@ class CompositeReward:
                 totals = [t + weight * v for t, v in zip(totals, self.part(name, prompts, replies))]
         return totals
 
+    def reward_model_scores(self, prompts: list[list[int]], replies: list[list[int]]) -> list[float]:
+        """The reward model's raw scores of the replies (prompt and reply as token ids)."""
+        return score_sequences(self.reward_model, [p + r for p, r in zip(prompts, replies)],
+                               self.tokenizer.pad_token_id)
+
+    def set_reward_model_scale(self, scores: list[float]):
+        """Standardise the reward model's score by the mean and spread of `scores`: the SFT policy's warm-up
+        rollouts, gathered from every process, so that every process scales alike."""
+        finite = [s for s in scores if math.isfinite(s)]
+        if len(finite) < 2:
+            raise PipelineError(f"the reward model gave {len(finite)} finite scores of {len(scores)} warm-up replies; "
+                                "check the reward model")
+        mean = sum(finite) / len(finite)
+        std = math.sqrt(sum((s - mean) ** 2 for s in finite) / len(finite))
+        self.reward_model_scale = (mean, max(std, 1e-3))
+
     def _reward_model_part(self, prompts, replies) -> list[float]:
-        scores = score_sequences(self.reward_model, [p + r for p, r in zip(prompts, replies)],
-                                 self.tokenizer.pad_token_id)
+        scores = self.reward_model_scores(prompts, replies)
         if not self.normalize_reward_model:
             return scores
-        if self.reward_model_scale is None and all(math.isfinite(s) for s in scores):
-            mean = sum(scores) / len(scores)
-            std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-            self.reward_model_scale = (mean, max(std, 1e-3))
-        mean, std = self.reward_model_scale or (0.0, 1.0)
+        if self.reward_model_scale is None:
+            raise PipelineError("the reward model's scale is not set: standardising needs the warm-up rollouts first")
+        mean, std = self.reward_model_scale
         clip = self.reward_model_clip or math.inf
         return [min(max((s - mean) / std, -clip), clip) for s in scores]
 

@@ -24,7 +24,7 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
-from pipeline.data import conversation_windows, data_card, load_dialogs, split_eval
+from pipeline.data import conversation_windows, data_card, dialog_splits
 from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.sft")
@@ -55,7 +55,7 @@ def main(recipe, overrides):
     training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
 
     data_reports = []
-    train_dialogs, eval_dialogs = split_eval(load_dialogs(data_args, data_reports), data_args)
+    train_dialogs, eval_dialogs = dialog_splits(data_args, data_reports)
     train_set = windows(train_dialogs, stage_args.max_turns)
     eval_set = windows(eval_dialogs, stage_args.max_turns)
     print(f"sft data: {len(train_set)} training and {len(eval_set)} held-out conversation windows; "

@@ -5,18 +5,9 @@ import pytest
 from conftest import CORNELL, WIKITEXT, most_lines_missing, write_cornell
 
 from pipeline.config import DataArguments
-from pipeline.data import (
-    CORNELL_SEPARATOR,
-    BadRows,
-    conversation_windows,
-    cornell_conversations,
-    load_dialogs,
-    load_text,
-    prompt_reply_pairs,
-    read_text_file,
-    split_eval,
-    wikitext_articles,
-)
+from pipeline.data import conversation_windows, load_dialogs, load_text, prompt_reply_pairs, split_eval
+from pipeline.files import read_text_file
+from pipeline.sources import CORNELL_SEPARATOR, BadRows, cornell_conversations, wikitext_articles
 from pipeline.errors import PipelineError
 from pipeline.hub import read_metadata
 from pipeline.preferences import build_preference_pairs, degrade, load_preferences
@@ -61,9 +52,16 @@ def test_text_folder_and_glob(tmp_path):
         load_text(data_args(text_sources=[str(tmp_path / "*.none")]))
 
 
-def test_chitchat_conversations_alternate_user_and_assistant():
-    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"]))
-    assert len(dialogs) == 7168
+def test_chitchat_is_validated_like_every_source_and_counts_what_it_drops():
+    reports = []
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"]), reports)
+    (report,) = reports
+    # 7,168 conversations: 3,151 have one sender only, and 8 of the rest are exact copies of another.
+    assert report.total == 7168
+    assert report.dropped == {"conversations without a reply": 3151, "exact duplicates": 8, "empty messages": 33}
+    assert len(dialogs) == 7168 - 3151 - 8 == report.kept
+    assert "dropped 3151 conversations without a reply" in report.summary()
+    assert len(set(dialogs["id"])) == len(dialogs)
     for messages in dialogs.select(range(50))["messages"]:
         roles = [m["role"] for m in messages]
         assert roles[0] == "user"
@@ -73,10 +71,13 @@ def test_chitchat_conversations_alternate_user_and_assistant():
 def test_cornell_sample_loads_in_original_format():
     bad = BadRows("cornell")
     conversations = cornell_conversations(CORNELL, bad)
-    assert len(conversations) == 200
+    assert len(conversations) == 201 and not bad.problems
     assert conversations[0][0]["role"] == "user" and conversations[0][1]["role"] == "assistant"
-    assert bad.problems == [f"{CORNELL / 'movie_conversations.txt'}:133: no assistant turn"], "its only reply is empty"
     assert bad.dropped == {"empty lines": 1}
+    reports = []
+    dialogs = load_dialogs(data_args(dialog_sources=[f"cornell:{CORNELL}"]), reports)
+    assert len(dialogs) == 200
+    assert reports[0].dropped == {"empty lines": 1, "conversations without a reply": 1}, "its only reply is empty"
 
 
 UTF8_LINES = [("L1", "u0", "Привет! Как дела?"), ("L2", "u1", "元気です。ありがとう…"),
@@ -150,8 +151,9 @@ def test_chat_parquet(tmp_path):
 
 
 def test_malformed_rows_are_reported_with_line_numbers_and_skipped(tmp_path, caplog):
-    good = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}
-    path = write_jsonl(tmp_path / "mixed.jsonl", [good] * 8 + [
+    good = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"yo {i}"}]}
+            for i in range(8)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", good + [
         {"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]},
         '{"messages": [{"role": "user", "content": "cut',
     ])
@@ -166,7 +168,6 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(tmp_path, cap
     ({"messages": []}, "empty conversation"),
     ({"messages": [{"role": "user"}]}, "turn 0 has no content"),
     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "content is not text"),
-    ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
     ([1, 2], "expected a JSON object"),
     ({"text": "no messages"}, "expected a 'messages' list"),
 ])
@@ -174,6 +175,19 @@ def test_each_malformed_row_fails_over_the_threshold(tmp_path, row, reason):
     path = write_jsonl(tmp_path / "bad.jsonl", [row])
     with pytest.raises(PipelineError, match=reason):
         load_dialogs(data_args(dialog_sources=[str(path)]))
+
+
+def test_conversations_without_a_reply_are_dropped_and_counted_not_malformed(tmp_path):
+    question = {"messages": [{"role": "user", "content": "only a question"}]}
+    answered = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": f"yo {i}"}]}
+                for i in range(2)]
+    path = write_jsonl(tmp_path / "some.jsonl", [question] * 3 + answered)
+    reports = []
+    assert len(load_dialogs(data_args(dialog_sources=[str(path)]), reports)) == 2, "3 of 5 is not fatal"
+    assert reports[0].dropped == {"conversations without a reply": 3} and not reports[0].problems
+    only = write_jsonl(tmp_path / "only.jsonl", [question])
+    with pytest.raises(PipelineError, match="only.jsonl: no usable conversations.*dropped 1 conversations without a reply"):
+        load_dialogs(data_args(dialog_sources=[str(only)]))
 
 
 def test_missing_and_empty_sources(tmp_path):

@@ -33,7 +33,8 @@ def test_repeated_ngrams():
 def test_win_rate_and_pairwise_accuracy():
     assert load("win_rate").compute(predictions=[2.0, 0.0, 1.0], references=[1.0, 1.0, 1.0])["win_rate"] == 0.5
     result = load("pairwise_accuracy").compute(predictions=[1.0, 3.0], references=[2.0, 0.0])
-    assert result == {"accuracy": 0.5, "mean_margin": 1.0}
+    assert (result["accuracy"], result["mean_margin"], result["pairs"]) == (0.5, 1.0, 2)
+    assert result["accuracy_se"] == pytest.approx(0.5)
 
 
 def test_perplexity_of_a_real_tiny_model(tmp_path):

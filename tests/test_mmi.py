@@ -54,7 +54,8 @@ def test_mmi_picks_the_specific_reply_where_likelihood_picks_the_generic_one(gen
             model, [prompt_ids] * 2, [reply_token_ids(tokenizer, r) for r in (GENERIC, specific)])
         assert generic_ll > specific_ll
         for mmi_lambda in (MMI_DEFAULTS["mmi_lambda"], 1.0):
-            assert mmi_rerank(model, tokenizer, prompt_ids, [GENERIC, specific, GENERIC], mmi_lambda) == specific
+            candidates = [reply_token_ids(tokenizer, text) for text in (GENERIC, specific, GENERIC)]
+            assert mmi_rerank(model, tokenizer, prompt_ids, candidates, mmi_lambda) == candidates[1]
 
 
 def test_mmi_strategy_samples_candidates_with_defaults_from_the_generation_config(generic_model):

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from pipeline.common import metrics_table, run_stage
-from pipeline.data import load_text, split_eval
+from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
 
@@ -67,7 +67,7 @@ def main(recipe, overrides):
         raise PipelineError(f"{recipe.path}: tokenizer.vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (the "
                             f"256 bytes plus {len(SPECIAL_TOKENS)} special tokens), got {args.vocab_size}")
     check_writable(recipe.run.hub_dir)
-    train, held_out = split_eval(load_text(data_args), data_args)
+    train, held_out = text_splits(data_args)
     texts = list(train["text"])
     n_bytes = sum(len(t.encode("utf-8")) for t in texts)
     start = time.time()

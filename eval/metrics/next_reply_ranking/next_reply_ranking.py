@@ -5,6 +5,7 @@ import datasets
 import evaluate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eval.stats import standard_error
 from pipeline.common import EMPTY_PROMPT, reply_log_likelihoods, reply_token_ids
 
 _KWARGS = """
@@ -17,6 +18,7 @@ Args:
 Returns:
     recall_at_1 (float): share of contexts whose real reply has the highest log p(reply | context); chance 1/k.
     recall_at_1_pmi (float): the same, ranked by log p(reply | context) - log p(reply | empty prompt).
+    recall_at_1_se, recall_at_1_pmi_se (float): their standard errors; contexts (int).
     mean_rank (float): mean 1-based rank of the real reply by log p(reply | context).
     candidates (int): k, candidates per context.
 """
@@ -48,12 +50,14 @@ class NextReplyRanking(evaluate.Metric):
             replies += [reply_token_ids(tokenizer, c) for c in candidates]
         conditional = reply_log_likelihoods(model, prompts, replies, batch_size)
         prior = reply_log_likelihoods(model, [empty] * len(replies), replies, batch_size)
-        hits, hits_pmi, ranks = 0, 0, 0
+        hits, hits_pmi, ranks = [], [], 0
         for start, end in spans:
             scores = conditional[start:end]
-            hits += first_is_best(scores)
-            hits_pmi += first_is_best([c - u for c, u in zip(scores, prior[start:end])])
+            hits.append(float(first_is_best(scores)))
+            hits_pmi.append(float(first_is_best([c - u for c, u in zip(scores, prior[start:end])])))
             ranks += 1 + sum(other >= scores[0] for other in scores[1:])
         n = max(len(spans), 1)
-        return {"recall_at_1": hits / n, "recall_at_1_pmi": hits_pmi / n, "mean_rank": ranks / n,
-                "candidates": max((end - start for start, end in spans), default=0)}
+        return {"recall_at_1": sum(hits) / n, "recall_at_1_se": standard_error(hits),
+                "recall_at_1_pmi": sum(hits_pmi) / n, "recall_at_1_pmi_se": standard_error(hits_pmi),
+                "mean_rank": ranks / n, "candidates": max((end - start for start, end in spans), default=0),
+                "contexts": len(spans)}

@@ -3,13 +3,15 @@
 import datasets
 import evaluate
 
+from eval.stats import standard_error
+
 _KWARGS = """
 Args:
     predictions (list of float): scores of the chosen replies.
     references (list of float): scores of the rejected replies of the same pairs.
 Returns:
-    accuracy (float): share of pairs with chosen > rejected.
-    mean_margin (float): mean of chosen - rejected.
+    accuracy (float): share of pairs with chosen > rejected; accuracy_se, its standard error.
+    mean_margin (float): mean of chosen - rejected; pairs (int).
 """
 
 
@@ -24,4 +26,6 @@ class PairwiseAccuracy(evaluate.Metric):
 
     def _compute(self, predictions, references):
         margins = [c - r for c, r in zip(predictions, references)]
-        return {"accuracy": sum(m > 0 for m in margins) / len(margins), "mean_margin": sum(margins) / len(margins)}
+        right = [float(m > 0) for m in margins]
+        return {"accuracy": sum(right) / len(right), "accuracy_se": standard_error(right),
+                "mean_margin": sum(margins) / len(margins), "pairs": len(margins)}

@@ -7,6 +7,8 @@ import evaluate
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from eval.stats import bootstrap_standard_error
+
 _KWARGS = """
 Args:
     predictions (list of str): texts to score.
@@ -15,8 +17,15 @@ Args:
         prompt, to score only the reply).
 Returns:
     perplexity (float): exp of the mean negative log-likelihood per scored token over all texts.
-    tokens (int): scored tokens.
+    perplexity_se (float): its bootstrap standard error over the texts.
+    tokens (int): scored tokens; texts (int): texts with at least one.
 """
+
+
+def pooled_perplexity(per_text: list[tuple[float, int]]) -> float:
+    """exp(summed negative log-likelihood / summed tokens) of (nll, tokens) per text."""
+    nll = sum(total for total, _ in per_text) / max(sum(tokens for _, tokens in per_text), 1)
+    return math.exp(min(nll, 50.0))
 
 
 class Perplexity(evaluate.Metric):
@@ -32,7 +41,7 @@ class Perplexity(evaluate.Metric):
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, use_safetensors=True).eval()
         window = model.config.max_position_embeddings
-        total_nll, total_tokens = 0.0, 0
+        per_text = []
         for i, text in enumerate(predictions):
             context_ids = tokenizer(contexts[i], add_special_tokens=False)["input_ids"] if contexts else []
             text_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -45,7 +54,7 @@ class Perplexity(evaluate.Metric):
             labels[0, : len(ids) - scored] = -100
             with torch.no_grad():
                 loss = model(input_ids=input_ids, labels=labels).loss.item()
-            total_nll += loss * scored
-            total_tokens += scored
-        nll = total_nll / max(total_tokens, 1)
-        return {"perplexity": math.exp(min(nll, 50.0)), "tokens": total_tokens}
+            per_text.append((loss * scored, scored))
+        return {"perplexity": pooled_perplexity(per_text), "perplexity_se": bootstrap_standard_error(per_text,
+                                                                                                      pooled_perplexity),
+                "tokens": sum(scored for _, scored in per_text), "texts": len(per_text)}

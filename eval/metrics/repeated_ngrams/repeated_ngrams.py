@@ -3,13 +3,16 @@
 import datasets
 import evaluate
 
+from eval.stats import standard_error
+
 _DESCRIPTION = "Mean over replies of (n-grams repeating an earlier n-gram of the same reply) / (n-grams of the reply)."
 _KWARGS = """
 Args:
     predictions (list of str): replies.
     n (int): n-gram size, default 3.
 Returns:
-    repeated_ngram_rate (float in [0, 1]), averaged over replies that have at least one n-gram.
+    repeated_ngram_rate (float in [0, 1]), averaged over replies that have at least one n-gram; its standard error
+    repeated_ngram_rate_se and that number of replies, replies.
 """
 
 
@@ -29,4 +32,5 @@ class RepeatedNgrams(evaluate.Metric):
             grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
             if grams:
                 rates.append(1 - len(set(grams)) / len(grams))
-        return {"repeated_ngram_rate": sum(rates) / len(rates) if rates else 0.0}
+        return {"repeated_ngram_rate": sum(rates) / len(rates) if rates else 0.0,
+                "repeated_ngram_rate_se": standard_error(rates), "replies": len(rates)}

@@ -6,6 +6,8 @@ import re
 import datasets
 import evaluate
 
+from eval.stats import standard_error
+
 _KWARGS = """
 Args:
     predictions (list of str): replies, one per prompt.
@@ -19,6 +21,8 @@ Returns:
         as 0, divided by the same for the human replies. A constant reply scores 0.
     raw (float), human_raw (float): the two means before the division.
     echo_rate (float): share of replies that mostly copy their prompt.
+    specificity_se, echo_rate_se (float): their standard errors over the prompts; prompts (int). (The standard error
+        ignores the spread of the human replies' mean, the scale: a constant for comparing models on the same prompts.)
     scores (list of float, with per_reply): each reply's score on the same scale, their mean is `specificity`; two
         models' replies to the same prompts give a paired difference and its standard error.
 """
@@ -78,6 +82,8 @@ class ReplySpecificity(evaluate.Metric):
             human = sum(specificity_scores(embedder, human_replies, references, human_echoes)) / len(human_replies)
             scale = 1 / human if human > 0 else 0.0
             result.update(human_raw=human, specificity=raw * scale)
+        result.update(specificity_se=standard_error(scores) * scale, echo_rate_se=standard_error(map(float, echoes)),
+                      prompts=len(scores))
         if per_reply:
             result["scores"] = [score * scale for score in scores]
         return result

@@ -3,13 +3,15 @@
 import datasets
 import evaluate
 
+from eval.stats import standard_error
+
 _KWARGS = """
 Args:
     predictions (list of float): scores of policy A's replies.
     references (list of float): scores of policy B's replies to the same prompts.
 Returns:
-    win_rate (float): share of prompts where A scores higher, ties counting half.
-    mean_score_a, mean_score_b (float).
+    win_rate (float): share of prompts where A scores higher, ties counting half; win_rate_se, its standard error.
+    mean_score_a, mean_score_b (float), with their standard errors mean_score_a_se, mean_score_b_se; pairs (int).
 """
 
 
@@ -23,9 +25,13 @@ class WinRate(evaluate.Metric):
         )
 
     def _compute(self, predictions, references):
-        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(predictions, references))
+        wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(predictions, references)]
         return {
-            "win_rate": wins / len(predictions),
+            "win_rate": sum(wins) / len(wins),
+            "win_rate_se": standard_error(wins),
             "mean_score_a": sum(predictions) / len(predictions),
+            "mean_score_a_se": standard_error(predictions),
             "mean_score_b": sum(references) / len(references),
+            "mean_score_b_se": standard_error(references),
+            "pairs": len(wins),
         }

@@ -1,0 +1,137 @@
+"""The evaluation report as Markdown, and its plots: the judges the training never saw first, the reward model's
+verdict after them, every number with its standard error."""
+
+from pathlib import Path
+
+from pipeline.common import plot_curves
+from pipeline.hub import read_metadata
+
+
+def pm(row: dict, key: str, digits: int = 3) -> str:
+    """`value ± standard error` of row[key] (its standard error under key + '_se')."""
+    return f"{row[key]:.{digits}f} ± {row[key + '_se']:.{digits}f}"
+
+
+def plot_reward_accuracy(per_kind: dict, path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in per_kind.get("after", {}) if k != "all"] + ["all"]
+    if not per_kind.get("after"):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.4
+    for offset, when in ((-width / 2, "before"), (width / 2, "after")):
+        ax.bar([i + offset for i in range(len(kinds))], [per_kind[when][k]["accuracy"] for k in kinds], width,
+               label=f"{when} training")
+    ax.set_xticks(range(len(kinds)), kinds, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_title("reward model: held-out pairwise accuracy")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_plots(paths: dict, out: Path) -> list[str]:
+    written = []
+    for stage, title in (("pretrain", "pretraining"), ("sft", "SFT")):
+        history = read_metadata(paths[stage]).get("log_history", [])
+        if plot_curves(history, {"loss": "train loss", "eval_loss": "eval loss"}, out / f"{stage}_loss.png", title):
+            written.append(f"{stage}_loss.png")
+    if plot_reward_accuracy(read_metadata(paths["reward"]).get("per_kind", {}), out / "reward_accuracy.png"):
+        written.append("reward_accuracy.png")
+    history = read_metadata(paths["ppo"]).get("log_history", [])
+    if plot_curves(history, {"objective/scores": "reward-model score", "objective/kl": "KL to SFT"},
+                   out / "ppo_reward_kl.png", "PPO"):
+        written.append("ppo_reward_kl.png")
+    return written
+
+
+def render_markdown(report: dict) -> str:
+    held, rl = report["held_out"], report["rl_algorithm"].upper()
+    policies, ppl, reward = report["sft_vs_ppo"], report["perplexity"], report["reward_model"]
+    lines = [
+        f"# Evaluation of the run `{report['run']}`",
+        "",
+        f"Recipe `{report['recipe']}`. Held-out data only: {held['conversations']} conversations and "
+        f"{held['text_documents']} text documents that no stage trained on (chosen by content id, the same in every "
+        f"stage). {held['prompts']} prompts sampled over {held['prompt_conversations']} of those conversations; "
+        "every number is given ± its standard error over the prompts (pairs, contexts or texts).",
+        "",
+        "## Relevance, judged independently of the training",
+        "",
+        "Reply specificity (an independent sentence-embedding model: how much better a reply fits its own prompt "
+        "than the other prompts; human replies = 1, a constant reply = 0) and echo rate (replies that mostly copy the "
+        f"prompt). The gain is {rl} minus SFT on the same prompts (paired). `sample` is the chat's default decoding "
+        "(generation_config.json); `mmi` reranks sampled candidates by mutual information.",
+        "",
+        f"| decoding | SFT specificity | {rl} specificity | gain | SFT echo rate | {rl} echo rate |",
+        "|---|---|---|---|---|---|",
+        *[f"| {s} | {pm(row, 'sft_specificity')} | {pm(row, 'ppo_specificity')} | "
+          f"{row['specificity_gain']:+.3f} ± {row['specificity_gain_se']:.3f} | {pm(row, 'sft_echo_rate')} | "
+          f"{pm(row, 'ppo_echo_rate')} |" for s, row in policies.items()],
+        "",
+        f"Next-reply ranking on {held['ranking_contexts']} held-out contexts: how often a model's likelihood ranks "
+        "the real reply first among it and 9 replies of similar length from other conversations (chance 0.10), by "
+        "log p(reply | context) and by PMI.",
+        "",
+        "| model | recall@1 | recall@1 (PMI) | mean rank |",
+        "|---|---|---|---|",
+        *[f"| {stage} | {pm(row, 'recall_at_1')} | {pm(row, 'recall_at_1_pmi')} | {row['mean_rank']:.2f} |"
+          for stage, row in report["next_reply_ranking"].items()],
+        "",
+        "## Reply form",
+        "",
+        "| decoding | policy | distinct-2 | repeated 3-gram rate | mean words |",
+        "|---|---|---|---|---|",
+    ]
+    for strategy, row in policies.items():
+        for stage in ("sft", "ppo"):
+            lines.append(f"| {strategy} | {stage} | {pm(row, f'{stage}_distinct_2')} | "
+                         f"{pm(row, f'{stage}_repeated_3gram_rate')} | {pm(row, f'{stage}_mean_words', 1)} |")
+    lines += [
+        "",
+        "## The reward model's verdict (in-distribution)",
+        "",
+        f"The RL stage maximised this reward model's score, so its verdict on the {rl} model is in-distribution: "
+        "a win here need not be a better reply. Each reply is scored as generated (one cut off by the length limit "
+        "has no end of turn).",
+        "",
+        f"| decoding | SFT mean reward | {rl} mean reward | {rl} win rate |",
+        "|---|---|---|---|",
+        *[f"| {s} | {pm(row, 'sft_mean_reward')} | {pm(row, 'ppo_mean_reward')} | {pm(row, 'ppo_win_rate', 2)} |"
+          for s, row in policies.items()],
+        "",
+        "## Perplexity",
+        "",
+        "| model | held-out text | held-out dialog replies |",
+        "|---|---|---|",
+        *[f"| {stage} | {row['held_out_text']['perplexity']:.1f} ± {row['held_out_text']['se']:.1f} "
+          f"({row['held_out_text']['texts']} texts) | {row['held_out_replies']['perplexity']:.1f} ± "
+          f"{row['held_out_replies']['se']:.1f} ({row['held_out_replies']['texts']} replies) |"
+          for stage, row in ppl.items()],
+        "",
+        "## Reward model",
+        "",
+        f"Pairwise accuracy on {reward['pairs']} held-out pairs built from the held-out conversations: "
+        f"{pm(reward, 'accuracy')} (mean margin {reward['mean_margin']:.3f}).",
+        "",
+        "| rejected kind | pairs | accuracy |",
+        "|---|---|---|",
+        *[f"| {kind} | {row['pairs']} | {pm(row, 'accuracy')} |" for kind, row in reward["per_kind"].items()],
+        "",
+        "## Sample replies",
+        "",
+        f"| prompt | SFT greedy | {rl} greedy | SFT beam | {rl} beam | SFT sample | {rl} sample | SFT mmi | {rl} mmi |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["samples"]:
+        cells = [s["prompt"], *(s[f"{stage}_{strategy}"] for strategy in policies for stage in ("sft", "ppo"))]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in report["plots"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Reading files as they are written: encodings refused rather than garbled, paths, folders and globs, table
+formats with line numbers, and `datasets` folders or hub ids."""
+
+import codecs
+import csv
+import glob as globlib
+import io
+import json
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+
+from pipeline.errors import PipelineError
+
+TABLE_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+TEXT_SUFFIXES = {".txt", ".raw", ".text", ".md"}
+
+
+def read_text_file(path: Path, encoding: str = "auto", auto_encoding: str = "utf-8") -> str:
+    """A file's text with Windows and old Mac line ends read as \\n; `encoding` 'auto' means `auto_encoding`.
+    A file that is plainly in another encoding than the one it is read with is refused, never garbled."""
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    name = auto_encoding if encoding == "auto" else encoding
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise PipelineError(f"data.encoding: unknown encoding '{encoding}'; use auto, utf-8, latin-1 or another "
+                            "Python codec name") from None
+    read_as = f"data.encoding is {encoding}" if encoding != "auto" else f"it is read as {name} (data.encoding: auto)"
+    raw = path.read_bytes()
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not codec.startswith("utf-16"):
+        raise PipelineError(f"{path}: starts with a UTF-16 byte order mark but {read_as}; set data.encoding: utf-16 "
+                            "or re-save the file as UTF-8")
+    if codec in ("utf-8", "utf-8-sig"):
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            raise PipelineError(
+                f"{path}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}); if it is latin-1, "
+                "set data.encoding: latin-1 in the recipe, or re-save the file as UTF-8"
+            ) from None
+    else:
+        if not codec.startswith("utf") and not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+            else:
+                raise PipelineError(f"{path}: looks like UTF-8 but {read_as}; set data.encoding: utf-8")
+        try:
+            text = raw.decode(codec)
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"{path}: not valid {name} ({err.reason} at offset {err.start}); set data.encoding "
+                                "to the file's encoding") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def expand_paths(location: str) -> list[Path]:
+    path = Path(location)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES | set(TABLE_SUFFIXES))
+        if not files:
+            raise PipelineError(f"{location}: folder has no .txt/.raw/.jsonl/.json/.csv/.parquet files")
+        return files
+    if any(ch in location for ch in "*?["):
+        files = sorted(Path(p) for p in globlib.glob(location, recursive=True) if Path(p).is_file())
+        if not files:
+            raise PipelineError(f"{location}: glob matches no files")
+        return files
+    if not path.exists():
+        raise PipelineError(f"{location}: file not found")
+    return [path]
+
+
+def read_records(path: Path, encoding: str = "auto") -> list[tuple[str, object]]:
+    """Rows of a JSONL/JSON/CSV/Parquet file as (where, row), with line numbers for JSONL and CSV; CSV cells stay
+    text as written (no guessed numbers or missing values)."""
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(read_text_file(path, encoding).split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                records.append((f"{path}:{number}", ValueError(f"not valid JSON ({err.msg})")))
+        return records
+    if suffix == ".json":
+        try:
+            data = json.loads(read_text_file(path, encoding))
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise PipelineError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
+        return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
+    if suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(read_text_file(path, encoding), newline=""))
+        return [(f"{path}:{reader.line_num}", row) for row in reader]
+    if suffix == ".parquet":
+        table = load_dataset("parquet", data_files=str(path), split="train")
+        return [(f"{path} row {i + 1}", row) for i, row in enumerate(table)]
+    raise PipelineError(f"{path}: unsupported file type '{suffix}'; use .txt, .raw, .jsonl, .json, .csv or .parquet")
+
+
+def hub_dataset(spec: str):
+    name, _, config = spec.partition(":")
+    try:
+        return load_dataset(name, config or None, split="train")
+    except Exception as err:  # noqa: BLE001 - any hub/offline failure becomes one line
+        reason = (str(err).strip().splitlines() or [""])[0]
+        raise PipelineError(f"hub:{spec}: could not load from the hub ({type(err).__name__}: {reason}); "
+                            "needs internet, or use a local file") from None
+
+
+def disk_dataset(location: str) -> Dataset:
+    """One dataset saved with `save_to_disk`; a folder of splits names the split folders to pick from."""
+    if not Path(location).is_dir():
+        raise PipelineError(f"{location}: save_to_disk folder not found")
+    try:
+        data = load_from_disk(location)
+    except FileNotFoundError:
+        raise PipelineError(f"disk:{location}: not a datasets.save_to_disk folder (no dataset_info.json or "
+                            "dataset_dict.json)") from None
+    if isinstance(data, DatasetDict):
+        raise PipelineError(f"disk:{location}: holds the splits {list(data)}, not one dataset; name one split's "
+                            f"folder, e.g. disk:{Path(location) / next(iter(data), 'train')}")
+    return data
