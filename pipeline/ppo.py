@@ -381,6 +381,7 @@ KL trend: {guards.kl_trend()}. Warnings:
                             "guards": {"history": guards.history, "warnings": guards.warnings},
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},
                   card_body=body,
+                  keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation"))
     print(f"pushed {target}")
