@@ -47,7 +47,8 @@ def seed_recipe(recipe, work: Path, algorithm: str, seed: int) -> Path:
     for stage in ("sft", "reward"):
         link = hub / f"{name}-{stage}"
         if not link.exists():
-            link.symlink_to(recipe.hub_path(stage).resolve(), target_is_directory=True)
+            # To the run's name, not the revision it points at: that one is pruned after a few more pushes.
+            link.symlink_to(recipe.hub_path(stage).parent.resolve() / recipe.hub_name(stage), target_is_directory=True)
     raw = yaml.safe_load(recipe.path.read_text(encoding="utf-8"))
     raw.update(run_name=name, hub_dir=str(hub), output_root=str(work / "runs"))
     path = work / f"{name}.yaml"

@@ -17,7 +17,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from trl import ModelConfig, RewardConfig, SFTConfig
 
 from pipeline.errors import PipelineError
-from pipeline.hub import check_name, hub_path
+from pipeline.hub import DEFAULT_KEEP_REVISIONS, check_keep_revisions, check_name, hub_path
 
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
 
@@ -194,6 +194,12 @@ class RecipeArguments:
     hub_dir: str = field(default="hub", metadata={"help": "Local model hub folder."})
     output_root: str = field(default="runs", metadata={"help": "Trainer checkpoints go to {output_root}/{run_name}/{stage}."})
     accelerate_config: str = field(default="accelerate_config.yaml", metadata={"help": "Used by pipeline/run.py."})
+    keep_revisions: int = field(
+        default=DEFAULT_KEEP_REVISIONS,
+        metadata={"help": "Older revisions of each hub model kept under {hub_dir}/.revisions/{name}/ besides the "
+                  "current one; older ones are deleted after each push. 0 keeps only the current one, and a process "
+                  "loading the model while it is replaced may then find its files gone."},
+    )
 
 
 def _ppo_config_class():
@@ -348,7 +354,12 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
                     f"fields of {names}"
                 )
     for key, value in top.items():
-        if value is not None and not isinstance(value, str):
+        if key == "keep_revisions":
+            try:
+                check_keep_revisions(value)
+            except PipelineError as err:
+                raise PipelineError(f"{path}: {err}") from None
+        elif value is not None and not isinstance(value, str):
             raise PipelineError(f"{path}: '{key}' must be a string, got {value!r}")
     run = RecipeArguments(**top)
     if not run.run_name:

@@ -1,15 +1,20 @@
-"""The local model hub: one folder per pushed model, written atomically, with a model card and older revisions kept.
+"""The local model hub: one name per model, a link to its newest revision, with a model card and older revisions kept.
+
+Each push or card edit makes a complete folder `{hub_dir}/.revisions/{name}/{revision}` and then points the symbolic
+link `{hub_dir}/{name}` at it in one atomic rename, so loading `{hub_dir}/{name}` finds a whole model at every instant.
 
     python -m pipeline.hub list --hub_dir hub
 """
 
 import argparse
+import contextlib
+import fcntl
 import importlib.metadata
+import itertools
 import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,7 +25,9 @@ from pipeline.errors import PipelineError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 METADATA_FILE = "minichatgpt.json"
+CARD_FILE = "README.md"
 REVISIONS_DIR = ".revisions"
+DEFAULT_KEEP_REVISIONS = 3
 LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "tokenizers")
 
 
@@ -65,18 +72,19 @@ def push(
     metadata: dict,
     card_body: str,
     card_metadata: dict,
+    keep_revisions: int = DEFAULT_KEEP_REVISIONS,
 ) -> Path:
-    """Write a model with `write(folder)` into a staging folder, then move it into place.
+    """Write a model with `write(folder)` into a staging folder, make it a revision, then point the name at it.
 
-    The version it replaces moves to `{hub_dir}/.revisions/{name}/{timestamp}` and stays loadable; a crash while
-    writing leaves only a staging folder, never a half model under `name`.
+    A crash while writing leaves only a staging folder; the name switches from the old model to the new one in one
+    atomic rename, so it holds a complete model at every instant. Revisions beyond the newest `keep_revisions` older
+    ones are deleted afterwards.
     """
     target = hub_path(hub_dir, name)
+    check_keep_revisions(keep_revisions)
     hub_dir = Path(hub_dir)
     hub_dir.mkdir(parents=True, exist_ok=True)
-    staging = hub_dir / f".staging-{name}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    staging = _claim(hub_dir, f".staging-{name}-{os.getpid()}")
     try:
         write(staging)
         if not any(staging.glob("*.safetensors")) and metadata.get("stage") != "tokenizer":
@@ -87,16 +95,125 @@ def push(
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
         front = yaml.safe_dump(card_metadata, sort_keys=False, allow_unicode=True)
         made_with = ", ".join(f"{library} {version}" for library, version in versions.items())
-        (staging / "README.md").write_text(f"---\n{front}---\n\n{card_body.strip()}\n\nMade with {made_with}.\n",
-                                           encoding="utf-8")
-        if target.exists():
-            revision = hub_dir / REVISIONS_DIR / name / time.strftime("%Y%m%d-%H%M%S")
-            revision.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, revision)
-        os.replace(staging, target)
-    finally:
+        (staging / CARD_FILE).write_text(f"---\n{front}---\n\n{card_body.strip()}\n\nMade with {made_with}.\n",
+                                         encoding="utf-8")
+        with _revision_lock(hub_dir, name):
+            _publish(target, staging, keep_revisions)
+    except BaseException:
+        # Only a failed push: once published, the staging name is free and another thread may have claimed it.
         shutil.rmtree(staging, ignore_errors=True)
+        raise
     return target
+
+
+def add_evaluation(
+    hub_dir: str | os.PathLike, name: str, metrics: dict, keep_revisions: int = DEFAULT_KEEP_REVISIONS
+) -> Path:
+    """Put held-out evaluation numbers into the model card's `model-index`, as a new revision of the model.
+
+    The result whose dataset is "held-out evaluation" is replaced, other results are kept; the revision before the
+    edit keeps its card unchanged.
+    """
+    target = hub_path(hub_dir, name)
+    check_keep_revisions(keep_revisions)
+    if not target.is_dir():
+        raise PipelineError(f"{target}: no model of that name in the hub; push it before adding its evaluation")
+    not_numbers = [key for key, value in metrics.items()
+                   if isinstance(value, bool) or not isinstance(value, (int, float))]
+    if not_numbers:
+        raise PipelineError(f"{target}: evaluation metrics must be numbers, not {', '.join(not_numbers)}")
+    # Copied inside the lock: a push landing between the copy and the swap would otherwise be undone.
+    with _revision_lock(hub_dir, name):
+        current = target.resolve()
+        meta, body = _read_card(current / CARD_FILE)
+        results = meta.setdefault("model-index", [{"name": "minichatgpt", "results": []}])[0]["results"]
+        results[:] = [r for r in results if r.get("dataset", {}).get("name") != "held-out evaluation"]
+        results.append({"task": {"type": meta.get("pipeline_tag", "text-generation")},
+                        "dataset": {"name": "held-out evaluation", "type": "minichatgpt"},
+                        "metrics": [{"type": k, "value": round(v, 4)} for k, v in metrics.items()]})
+        staging = _claim(Path(hub_dir), f".staging-{name}-{os.getpid()}")
+        try:
+            shutil.copytree(current, staging, dirs_exist_ok=True, copy_function=_link_weights_copy_rest)
+            card = staging / CARD_FILE
+            card.unlink(missing_ok=True)
+            card.write_text(f"---\n{yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)}---\n{body}",
+                            encoding="utf-8")
+            _publish(target, staging, keep_revisions)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return target
+
+
+def check_keep_revisions(keep_revisions):
+    if isinstance(keep_revisions, bool) or not isinstance(keep_revisions, int) or keep_revisions < 0:
+        raise PipelineError(f"keep_revisions must be a whole number of at least 0, got {keep_revisions!r}")
+
+
+@contextlib.contextmanager
+def _revision_lock(hub_dir: str | os.PathLike, name: str):
+    """One writer of a name's revisions at a time, so that pruning never deletes a revision another push is about
+    to link; the kernel drops the lock of a killed process. Names start with a letter or digit, so the lock file
+    never takes the place of a name's revisions folder."""
+    revisions = Path(hub_dir) / REVISIONS_DIR
+    revisions.mkdir(parents=True, exist_ok=True)
+    with open(revisions / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _revision_stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+
+
+def _claim(parent: Path, stem: str) -> Path:
+    """A new empty folder `stem`, or `stem-1`, `stem-2`... when taken: mkdir is the exclusive claim, and unlike a
+    temporary folder's the new folder has the usual permissions, so others may read the hub."""
+    for suffix in itertools.count():
+        folder = parent / (stem if suffix == 0 else f"{stem}-{suffix}")
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(parents=True)
+            return folder
+
+
+def _publish(target: Path, staging: Path, keep_revisions: int):
+    """Move a complete folder in as the newest revision and point `target` at it; called with the name's lock held."""
+    revisions = target.parent / REVISIONS_DIR / target.name
+    if target.is_dir() and not target.is_symlink():
+        # A hub written before revisions were linked has the model itself at the name. It becomes a revision once;
+        # only this migration leaves the name empty for a moment, between the two renames.
+        os.replace(target, _claim(revisions, _revision_stamp()))
+    revision = _claim(revisions, _revision_stamp())
+    os.replace(staging, revision)  # a rename may replace an empty folder, so the claim does not stand in its way
+    link = target.with_name(f".link-{target.name}")
+    link.unlink(missing_ok=True)
+    os.symlink(Path(REVISIONS_DIR) / target.name / revision.name, link, target_is_directory=True)
+    os.replace(link, target)
+    older = sorted(p for p in revisions.iterdir() if p.is_dir() and p != revision)
+    for stale in older[:max(0, len(older) - keep_revisions)]:
+        shutil.rmtree(stale)
+
+
+def _link_weights_copy_rest(source: str, destination: str):
+    """Weight files are hard-linked, so an edited card costs no disk: nothing rewrites a weight file in place. Other
+    files are copied, so that an editor writing one in place cannot change another revision."""
+    if source.endswith(".safetensors"):
+        try:
+            os.link(source, destination)
+            return
+        except OSError:  # a file system without hard links
+            pass
+    shutil.copy2(source, destination)
+
+
+def _read_card(card: Path) -> tuple[dict, str]:
+    if not card.is_file():
+        return {}, "\n"
+    text = card.read_text(encoding="utf-8")
+    if not text.startswith("---\n") or text.count("---\n") < 2:
+        raise PipelineError(f"{card}: the model card has no YAML front matter between '---' lines")
+    _, front, body = text.split("---\n", 2)
+    return yaml.safe_load(front) or {}, body
 
 
 def read_metadata(folder: str | os.PathLike) -> dict:
@@ -110,7 +227,7 @@ def list_hub(hub_dir: str | os.PathLike) -> list[dict]:
         if not folder.is_dir() or folder.name.startswith("."):
             continue
         meta = read_metadata(folder)
-        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in folder.resolve().rglob("*") if f.is_file())
         rows.append(
             {
                 "name": folder.name,

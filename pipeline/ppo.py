@@ -272,6 +272,7 @@ def main(recipe, overrides):
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},
                   card_body=model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes,
                                        len(eval_prompts)),
+                  keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation"))
     print(f"pushed {target}")

@@ -274,6 +274,7 @@ with the tokenizer `{recipe.hub_name('tokenizer')}`.
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "fingerprint": recipe.fingerprint("pretrain", overrides)},
                   card_body=body,
+                  keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"))
     print(f"pushed {target}")
 

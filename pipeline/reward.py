@@ -140,6 +140,7 @@ print(score(text)[0]["score"])
                             "log_history": trainer.state.log_history, "pairs": how,
                             "fingerprint": recipe.fingerprint("reward", overrides)},
                   card_body=body,
+                  keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.preference_sources or data_args.dialog_sources,
                                               recipe.path, metrics, "text-classification"))
     print(f"pushed {target}")

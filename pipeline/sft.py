@@ -139,6 +139,7 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
                             "samples": dict(zip(stage_args.sample_prompts, samples)),
                             "fingerprint": recipe.fingerprint("sft", overrides)},
                   card_body=body,
+                  keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(base_path, data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation"))
     print(f"pushed {target}")

@@ -37,6 +37,9 @@ def test_run_name_defaults_to_file_name_and_cli_overrides(tmp_path):
     assert training.output_dir == "runs/myrun/pretrain"
     _, training = recipe.parse("pretrain")
     assert training.learning_rate == 0.01
+    assert recipe.run.keep_revisions == 3
+    path.write_text("keep_revisions: 0\n")
+    assert load_recipe(path).run.keep_revisions == 0
 
 
 def bad_recipe(tmp_path, text):
@@ -56,6 +59,9 @@ def bad_recipe(tmp_path, text):
     ("data:\n  eval_fraction: 1.5\n", "data.eval_fraction must be between 0 and 1"),
     ("run_name: ../escape\n", "run_name: '../escape' is not a valid name"),
     ("run_name: /abs\n", "is not a valid name"),
+    ("keep_revisions: -1\n", "keep_revisions must be a whole number of at least 0, got -1"),
+    ("keep_revisions: all\n", "keep_revisions must be a whole number of at least 0, got 'all'"),
+    ("hub_dir: 3\n", "'hub_dir' must be a string, got 3"),
     ("- a\n- b\n", "a recipe is a mapping"),
     ("pretrain: [1]\n", "section 'pretrain' must be a mapping"),
     ("data: {text_sources: x\n", "not valid YAML"),

@@ -6,11 +6,11 @@ from conftest import CORNELL, WIKITEXT, most_lines_missing, write_cornell
 
 from pipeline.config import DataArguments
 from pipeline.data import conversation_windows, load_dialogs, load_text, prompt_reply_pairs, split_eval
-from pipeline.files import read_text_file
-from pipeline.sources import CORNELL_SEPARATOR, BadRows, cornell_conversations, wikitext_articles
 from pipeline.errors import PipelineError
+from pipeline.files import read_text_file
 from pipeline.hub import read_metadata
 from pipeline.preferences import build_preference_pairs, degrade, load_preferences
+from pipeline.sources import CORNELL_SEPARATOR, BadRows, cornell_conversations, wikitext_articles
 
 
 def data_args(**kwargs):

@@ -1,28 +1,48 @@
-import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
+import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+import pipeline.hub
 from pipeline.common import load_model, require_model_folder
 from pipeline.errors import PipelineError
-from pipeline.hub import REVISIONS_DIR, check_name, check_writable, hub_path, list_hub, push
+from pipeline.hub import (
+    METADATA_FILE,
+    REVISIONS_DIR,
+    add_evaluation,
+    card_metadata,
+    check_name,
+    check_writable,
+    hub_path,
+    list_hub,
+    push,
+)
 
 
-def tiny_model(seed=0):
+def tiny_model(seed=0, vocab_size=64):
     import torch
 
     torch.manual_seed(seed)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    return GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_positions=16, n_embd=8, n_layer=1, n_head=2))
 
 
-def push_model(hub, name, model, metrics=None):
+def push_model(hub, name, model, metrics=None, **kwargs):
     return push(hub, name, model.save_pretrained, metadata={"stage": "pretrain", "parent": "x-tokenizer",
                                                             "metrics": metrics or {}},
-                card_body="# card", card_metadata={"library_name": "transformers"})
+                card_body="# card", card_metadata={"library_name": "transformers"}, **kwargs)
+
+
+def revisions(hub, name):
+    return sorted(p for p in (hub / REVISIONS_DIR / name).iterdir() if p.is_dir())
+
+
+def embeddings(folder):
+    return AutoModelForCausalLM.from_pretrained(folder).transformer.wte.weight
 
 
 @pytest.mark.parametrize("name", ["../x", "/abs", "a/b", "..", "", "x" * 200, "a b"])
@@ -37,10 +57,9 @@ def test_push_writes_safetensors_card_metadata_and_keeps_old_revision(tmp_path):
     card = (first / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\n---\n")
     push_model(tmp_path, "run-base", tiny_model(1))
-    (revision,) = (tmp_path / REVISIONS_DIR / "run-base").iterdir()
-    old = AutoModelForCausalLM.from_pretrained(revision)
-    new = AutoModelForCausalLM.from_pretrained(first)
-    assert not old.transformer.wte.weight.equal(new.transformer.wte.weight)
+    old, new = revisions(tmp_path, "run-base")
+    assert first.is_symlink() and first.resolve() == new.resolve()
+    assert not embeddings(old).equal(embeddings(first))
     (row,) = list_hub(tmp_path)
     assert row["name"] == "run-base" and row["stage"] == "pretrain" and row["parent"] == "x-tokenizer"
 
@@ -58,24 +77,177 @@ def test_failed_write_leaves_previous_version_and_no_staging(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
 
 
-def test_sigkill_during_push_leaves_previous_version_loadable(tmp_path):
+KILLED_PUSH = textwrap.dedent("""
+    import os, shutil, signal, sys
+    from pipeline import hub
+
+    point, hub_dir, source = sys.argv[1:]
+    real_replace, real_rmtree = os.replace, shutil.rmtree
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace(src, dst):
+        swap = os.path.basename(src).startswith(".link-")
+        if swap and point == "before swap":
+            die()
+        real_replace(src, dst)
+        if swap and point == "after swap":
+            die()
+
+    def rmtree(path, *args, **kwargs):
+        if point == "pruning" and hub.REVISIONS_DIR in str(path):
+            die()
+        real_rmtree(path, *args, **kwargs)
+
+    def write(folder):
+        shutil.copytree(source, folder, dirs_exist_ok=True)
+        if point == "write":
+            weights = folder / "model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:100])
+            die()
+
+    os.replace, shutil.rmtree = replace, rmtree
+    hub.push(hub_dir, "run-base", write, metadata={}, card_body="", card_metadata={}, keep_revisions=0)
+""")
+
+
+@pytest.mark.parametrize("point, survivor", [("write", "old"), ("before swap", "old"), ("after swap", "new"),
+                                             ("pruning", "new")])
+def test_sigkill_at_any_point_of_a_push_leaves_a_whole_model_at_the_name(tmp_path, point, survivor):
+    hub = tmp_path / "hub"
+    push_model(hub, "run-base", tiny_model(0))
+    tiny_model(1).save_pretrained(tmp_path / "new")
+    weights = {"old": (hub / "run-base" / "model.safetensors").read_bytes(),
+               "new": (tmp_path / "new" / "model.safetensors").read_bytes()}
+    child = subprocess.run([sys.executable, "-c", KILLED_PUSH, point, str(hub), str(tmp_path / "new")])
+    assert child.returncode == -signal.SIGKILL, f"the push was not killed at '{point}'"
+    assert (hub / "run-base" / "model.safetensors").read_bytes() == weights[survivor]
+    assert (hub / "run-base" / METADATA_FILE).is_file() and (hub / "run-base" / "README.md").is_file()
+    reference = tiny_model(0 if survivor == "old" else 1).transformer.wte.weight
+    assert embeddings(hub / "run-base").equal(reference)
+    push_model(hub, "run-base", tiny_model(2))
+    assert embeddings(hub / "run-base").equal(tiny_model(2).transformer.wte.weight), "the next push still works"
+
+
+def test_a_reader_loading_in_a_loop_never_fails_while_the_model_is_pushed(tmp_path):
+    models = [tiny_model(seed) for seed in range(11)]
+    pushed = [model.transformer.wte.weight for model in models]
+    push_model(tmp_path, "run-base", models[0])
+    loaded, failures, done = [], [], threading.Event()
+
+    def read():
+        while not done.is_set() or len(loaded) < 2:
+            try:
+                weight = embeddings(tmp_path / "run-base")
+                loaded.append(next(i for i, w in enumerate(pushed) if w.equal(weight)))
+            except Exception as err:  # a half model, a missing file, weights of no pushed model
+                failures.append(repr(err))
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for model in models[1:]:
+        push_model(tmp_path, "run-base", model)
+    done.set()
+    reader.join()
+    assert failures == []
+    assert loaded == sorted(loaded) and len(loaded) >= 2
+
+
+def test_pushes_of_one_name_from_two_threads_do_not_break_each_other(tmp_path):
+    models = [tiny_model(seed) for seed in range(6)]
+    failures = []
+
+    def push_three(mine):
+        try:
+            for model in mine:
+                push_model(tmp_path, "run-base", model, keep_revisions=1)
+        except Exception as err:  # a staging folder or a revision deleted under the other push
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=push_three, args=(models[i::2],)) for i in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(revisions(tmp_path, "run-base")) == 2
+    assert any(embeddings(tmp_path / "run-base").equal(model.transformer.wte.weight) for model in models[-2:])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_two_pushes_in_the_same_instant_get_different_revisions(tmp_path, monkeypatch):
     push_model(tmp_path, "run-base", tiny_model(0))
-    before = (tmp_path / "run-base" / "model.safetensors").read_bytes()
-    script = textwrap.dedent(f"""
-        import time
-        from pipeline.hub import push
-        def slow(folder):
-            (folder / "model.safetensors").write_bytes(b"partial")
-            print("writing", flush=True)
-            time.sleep(60)
-        push({str(tmp_path)!r}, "run-base", slow, metadata={{}}, card_body="", card_metadata={{}})
-    """)
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "writing"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert (tmp_path / "run-base" / "model.safetensors").read_bytes() == before
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run-base")
+    push_model(tmp_path, "run-base", tiny_model(1))
+    assert len(revisions(tmp_path, "run-base")) == 2, "microseconds tell pushes within one second apart"
+    monkeypatch.setattr(pipeline.hub, "_revision_stamp", lambda: "29991231-235959-999999")
+    push_model(tmp_path, "run-base", tiny_model(2))
+    push_model(tmp_path, "run-base", tiny_model(3))
+    *_, first, second = revisions(tmp_path, "run-base")
+    assert (first.name, second.name) == ("29991231-235959-999999", "29991231-235959-999999-1")
+    assert embeddings(first).equal(tiny_model(2).transformer.wte.weight)
+    assert (tmp_path / "run-base").resolve() == second.resolve()
+
+
+def test_only_the_last_revisions_are_kept(tmp_path):
+    for seed in range(5):
+        push_model(tmp_path, "run-base", tiny_model(seed), keep_revisions=2)
+    kept = revisions(tmp_path, "run-base")
+    assert len(kept) == 3 and (tmp_path / "run-base").resolve() == kept[-1].resolve()
+    for folder, seed in zip(kept, (2, 3, 4)):
+        assert embeddings(folder).equal(tiny_model(seed).transformer.wte.weight)
+    with pytest.raises(PipelineError, match="keep_revisions must be a whole number of at least 0, got -1"):
+        push_model(tmp_path, "run-base", tiny_model(5), keep_revisions=-1)
+
+
+def test_a_hub_of_older_versions_becomes_revisions_on_the_next_push(tmp_path):
+    tiny_model(0).save_pretrained(tmp_path / "run-base")
+    push_model(tmp_path, "run-base", tiny_model(1))
+    old, new = revisions(tmp_path, "run-base")
+    assert (tmp_path / "run-base").is_symlink() and (tmp_path / "run-base").resolve() == new.resolve()
+    assert embeddings(old).equal(tiny_model(0).transformer.wte.weight)
+
+
+def card(folder):
+    return yaml.safe_load((folder / "README.md").read_text().split("---\n")[1])
+
+
+def test_adding_an_evaluation_makes_a_revision_and_leaves_the_previous_card_alone(tmp_path):
+    push(tmp_path, "run-sft", tiny_model(0).save_pretrained, metadata={"stage": "sft"}, card_body="# card",
+         card_metadata=card_metadata("run-base", ["chitchat"], "r.yaml", {"eval_loss": 2.0}, "text-generation"))
+    (pushed,) = revisions(tmp_path, "run-sft")
+    pushed_card = (pushed / "README.md").read_text()
+    add_evaluation(tmp_path, "run-sft", {"eval_perplexity": 12.345678})
+    add_evaluation(tmp_path, "run-sft", {"eval_perplexity": 11.0, "recall_at_1": 0.25})
+    assert (pushed / "README.md").read_text() == pushed_card
+    first_edit, second_edit = revisions(tmp_path, "run-sft")[1:]
+    results = card(tmp_path / "run-sft")["model-index"][0]["results"]
+    assert results[0]["metrics"] == [{"type": "eval_loss", "value": 2.0}], "the training numbers stay"
+    assert results[1:] == [{"task": {"type": "text-generation"},
+                            "dataset": {"name": "held-out evaluation", "type": "minichatgpt"},
+                            "metrics": [{"type": "eval_perplexity", "value": 11.0},
+                                        {"type": "recall_at_1", "value": 0.25}]}]
+    assert card(first_edit)["model-index"][0]["results"][1]["metrics"] == [{"type": "eval_perplexity",
+                                                                           "value": 12.3457}]
+    assert (second_edit / "README.md").read_text().endswith("# card\n\nMade with " +
+                                                            pushed_card.split("Made with ")[1])
+    assert embeddings(tmp_path / "run-sft").equal(embeddings(pushed))
+    with pytest.raises(PipelineError, match="no model of that name in the hub"):
+        add_evaluation(tmp_path, "run-ppo", {"win_rate": 0.5})
+    with pytest.raises(PipelineError, match="evaluation metrics must be numbers, not win_rate"):
+        add_evaluation(tmp_path, "run-sft", {"win_rate": None})
+
+
+def test_hub_listing_measures_the_linked_revision(tmp_path):
+    push_model(tmp_path, "run-base", tiny_model(0, vocab_size=8192))
+    push_model(tmp_path, "run-base", tiny_model(1, vocab_size=8192))
+    tiny_model(2, vocab_size=8192).save_pretrained(tmp_path / "old-layout")
+    rows = {row["name"]: row for row in list_hub(tmp_path)}
+    assert set(rows) == {"run-base", "old-layout"}
+    current = (tmp_path / "run-base").resolve()
+    size = sum(f.stat().st_size for f in current.iterdir())
+    assert rows["run-base"]["size_mb"] == round(size / 2**20, 1) > 0
+    assert rows["run-base"]["stage"] == "pretrain" and rows["old-layout"]["size_mb"] > 0
 
 
 def test_hub_listing_cli(tmp_path):

@@ -108,6 +108,7 @@ Special tokens: {', '.join(f'`{t}`' for t in SPECIAL_TOKENS)}. The chat template
         metadata={"stage": "tokenizer", "parent": None, "recipe": str(recipe.path), "metrics": metrics,
                   "fingerprint": recipe.fingerprint("tokenizer", overrides)},
         card_body=body,
+        keep_revisions=recipe.run.keep_revisions,
         card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"),
     )
     print(f"pushed {target}")
