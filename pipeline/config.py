@@ -179,7 +179,10 @@ class PPOArguments:
 
 @dataclass
 class EvalArguments:
-    max_prompts: int = field(default=64, metadata={"help": "Held-out prompts decoded per policy and strategy."})
+    max_prompts: int = field(
+        default=500, metadata={"help": "Held-out prompts decoded per policy and strategy, sampled over all held-out "
+                               "conversations; 500 puts the standard error of a specificity gain near 0.02, so that "
+                               "a gain of 0.05 is at least two of them."})
     max_new_tokens: int = field(default=32, metadata={"help": "Reply length cap."})
     num_beams: int = field(default=4, metadata={"help": "Beams for the beam-search comparison."})
     repetition_penalty: float = field(default=1.2, metadata={"help": "Repetition penalty used with beam search."})

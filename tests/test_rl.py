@@ -10,7 +10,8 @@ from conftest import ROOT, launch, run_cli, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
-from pipeline.ppo import guard_flags
+from pipeline.errors import PipelineError
+from pipeline.guards import guard_flags
 from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
 
 TOPICS = ["apples", "trains", "music", "movies", "dogs", "coffee", "soccer", "books"]
@@ -88,10 +89,14 @@ def test_a_reply_to_another_context_gets_a_lower_relevance_term(tokenizer, rewar
     assert min(gaps) > 0.25 and sum(gaps) / len(gaps) > 1.0, gaps
 
 
-def test_reward_model_score_is_standardised_on_the_first_batch_then_kept(tokenizer, reward_model, topic_model):
+def test_reward_model_score_is_standardised_by_the_warm_up_scores_and_kept(tokenizer, reward_model, topic_model):
     reward = composite(reward_model, topic_model, tokenizer, reward_model=1.0)
     prompts = [prompt_ids(tokenizer, t) for t in TOPICS]
-    first = reward.part("reward_model", prompts, [reply_ids(tokenizer, f"{t} are great") for t in TOPICS])
+    replies = [reply_ids(tokenizer, f"{t} are great") for t in TOPICS]
+    with pytest.raises(PipelineError, match="warm-up rollouts first"):
+        reward.part("reward_model", prompts, replies)
+    reward.set_reward_model_scale(reward.reward_model_scores(prompts, replies))
+    first = reward.part("reward_model", prompts, replies)
     mean = sum(first) / len(first)
     assert abs(mean) < 1e-5 and abs(sum((v - mean) ** 2 for v in first) / len(first) - 1) < 1e-3
     scale = reward.reward_model_scale
@@ -169,7 +174,9 @@ def test_clipped_reward_model_score_stays_within_the_clip(tokenizer, reward_mode
     reward = CompositeReward(reward_model, topic_model, tokenizer, weights={"reward_model": 1.0},
                              end_token_id=tokenizer.eos_token_id, reward_model_clip=0.5)
     prompts = [prompt_ids(tokenizer, t) for t in TOPICS]
-    scores = reward.part("reward_model", prompts, [reply_ids(tokenizer, f"{t} are great") for t in TOPICS])
+    replies = [reply_ids(tokenizer, f"{t} are great") for t in TOPICS]
+    reward.set_reward_model_scale(reward.reward_model_scores(prompts, replies))
+    scores = reward.part("reward_model", prompts, replies)
     assert max(abs(s) for s in scores) == 0.5
 
 

@@ -81,6 +81,19 @@ def test_two_processes_both_train_and_one_pushes(smoke_run, tmp_path):
     assert metrics(tmp_path, "ddp-base")["tokens_seen"] == 10 * 8 * 2 * 128
 
 
+def test_rl_under_two_processes_gives_every_process_the_same_reward_scale(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "rlddp", "tokenizer", "base", "sft", "reward")
+    recipe = write_recipe(tmp_path / "rlddp.yaml", tmp_path, ppo={"algorithm": "rloo", "max_prompts": 300,
+                                                                  "reward_scale_rollouts": 256})
+    result = launch("pipeline/ppo.py", recipe, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scales = [line for line in result.stdout.splitlines() if line.startswith("reward-model scale from")]
+    assert len(scales) == 2 and scales[0] == scales[1], scales
+    assert scales[0].startswith("reward-model scale from 256 warm-up rollouts")
+    scale = json.loads((tmp_path / "hub" / "rlddp-ppo" / "minichatgpt.json").read_text())["reward_model_scale"]
+    assert f"mean {scale[0]:.4f}, std {scale[1]:.4f}" in scales[0]
+
+
 def test_lora_sft_pushes_a_merged_model(smoke_run, tmp_path):
     seed_hub(smoke_run, tmp_path, "lora", "tokenizer", "base")
     recipe = write_recipe(tmp_path / "lora.yaml", tmp_path, sft={"use_peft": True, "lora_r": 4, "lora_alpha": 8,
@@ -116,8 +129,8 @@ def test_ppo_prompts_end_at_a_user_turn_and_are_left_padded_for_generation(smoke
     dialogs = Dataset.from_dict({"messages": [[
         {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]]})
-    prompts = prompt_conversations(dialogs, 3, None)
-    assert [p[-1]["content"] for p in prompts] == ["a", "c"]
+    prompts = prompt_conversations(dialogs, 3, None, seed=0)
+    assert sorted(p[-1]["content"] for p in prompts) == ["a", "c"]
     tokenizer = AutoTokenizer.from_pretrained(smoke_run["hub"] / "smoke-sft")
     ids = render_prompts(tokenizer, prompts)
     assert all(tokenizer.decode(i).endswith("<|end|><|assistant|>") for i in ids)

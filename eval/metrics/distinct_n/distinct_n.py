@@ -3,14 +3,14 @@
 import datasets
 import evaluate
 
-from eval.stats import bootstrap_standard_error
+from eval.stats import jackknife_standard_error
 
 _DESCRIPTION = "Share of distinct n-grams among all n-grams of the predictions (whitespace tokens, lower-cased)."
 _KWARGS = """
 Args:
     predictions (list of str): replies.
     max_n (int): largest n reported, default 2.
-    standard_error (bool): also return each one's bootstrap standard error over the replies; default False.
+    standard_error (bool): also return each one's jackknife standard error over the replies; default False.
 Returns:
     distinct_1 ... distinct_{max_n} (float in [0, 1]; 0 when there are no n-grams).
     distinct_1_se ... (float, with standard_error), replies (int).
@@ -41,5 +41,5 @@ class DistinctN(evaluate.Metric):
             per_reply = [ngrams(text.lower().split(), n) for text in predictions]
             result[f"distinct_{n}"] = distinct(per_reply)
             if standard_error:
-                result[f"distinct_{n}_se"] = bootstrap_standard_error(per_reply, distinct)
+                result[f"distinct_{n}_se"] = jackknife_standard_error(per_reply, distinct)
         return result

@@ -7,7 +7,7 @@ import evaluate
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval.stats import bootstrap_standard_error
+from eval.stats import jackknife_standard_error
 
 _KWARGS = """
 Args:
@@ -17,7 +17,7 @@ Args:
         prompt, to score only the reply).
 Returns:
     perplexity (float): exp of the mean negative log-likelihood per scored token over all texts.
-    perplexity_se (float): its bootstrap standard error over the texts.
+    perplexity_se (float): its jackknife standard error over the texts.
     tokens (int): scored tokens; texts (int): texts with at least one.
 """
 
@@ -55,6 +55,6 @@ class Perplexity(evaluate.Metric):
             with torch.no_grad():
                 loss = model(input_ids=input_ids, labels=labels).loss.item()
             per_text.append((loss * scored, scored))
-        return {"perplexity": pooled_perplexity(per_text), "perplexity_se": bootstrap_standard_error(per_text,
+        return {"perplexity": pooled_perplexity(per_text), "perplexity_se": jackknife_standard_error(per_text,
                                                                                                       pooled_perplexity),
                 "tokens": sum(scored for _, scored in per_text), "texts": len(per_text)}
