@@ -161,20 +161,21 @@ class Chat:
         return answer, dropped
 
 
-def set_setting(config: GenerationConfig, name: str, value: str) -> str:
-    if name == "strategy":
-        return value
+def set_setting(config: GenerationConfig, name: str, value: str):
+    """Set one decoding setting of `config` from its text, typed as the setting is; returns the typed value."""
     if name not in DECODING_FIELDS:
         raise ValueError(f"unknown setting '{name}'; settings: strategy, {', '.join(DECODING_FIELDS)}")
     current = getattr(config, name)
     caster = {bool: lambda v: v.lower() in ("1", "true", "yes")}.get(type(current), type(current) if current is not
                                                                       None else float)
     setattr(config, name, caster(value))
-    return ""
+    return getattr(config, name)
 
 
 def interactive(chat: Chat, args: ChatArguments):
     strategy = args.strategy
+    # What the user chose, by flag or /set: kept when the strategy changes, which starts from the model's defaults.
+    settings = {name: getattr(args, name) for name in DECODING_FIELDS if getattr(args, name) is not None}
     mode = "plain text continuation" if chat.plain else "chat"
     print(f"{args.model}: {mode}, {strategy} decoding. /reset, /settings, /set NAME VALUE, /quit (or Ctrl-D).")
     while True:
@@ -200,11 +201,12 @@ def interactive(chat: Chat, args: ChatArguments):
             try:
                 if len(parts) != 3:
                     raise ValueError("usage: /set NAME VALUE")
-                new_strategy = set_setting(chat.config, parts[1], parts[2])
-                if new_strategy:
-                    chat.config = decoding_config(chat.config, new_strategy)
-                    strategy = new_strategy
-            except ValueError as err:
+                if parts[1] == "strategy":
+                    chat.config = decoding_config(chat.model.generation_config, parts[2], **settings)
+                    strategy = parts[2]
+                else:
+                    settings[parts[1]] = set_setting(chat.config, parts[1], parts[2])
+            except (ValueError, PipelineError) as err:
                 print(f"(error: {err})")
             continue
         stream = strategy in STREAMED_STRATEGIES

@@ -1,6 +1,7 @@
 """What every stage script shares: the command line, error reporting, logging, loading models safely."""
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -158,6 +159,58 @@ def last_checkpoint(output_dir: str) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
     return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+
+
+# Beside a stage's checkpoints: the recipe fingerprint (`Recipe.fingerprint`) of the run that made them.
+CHECKPOINT_FINGERPRINT_FILE = "minichatgpt-fingerprint.json"
+
+
+def stale_checkpoints(output_dir: str | os.PathLike, fingerprint: str) -> str | None:
+    """Why the checkpoints in `output_dir` must not be resumed by a run with `fingerprint`, naming the settings that
+    differ; None when there are none or they were made with the same settings."""
+    if last_checkpoint(str(output_dir)) is None:
+        return None
+    recorded = Path(output_dir) / CHECKPOINT_FINGERPRINT_FILE
+    if not recorded.is_file():
+        return "its checkpoints do not record the settings they were made with"
+    changed = changed_settings(recorded.read_text(encoding="utf-8"), fingerprint)
+    return f"its checkpoints were made with other settings ({changed})" if changed else None
+
+
+def changed_settings(recorded: str, current: str, shown: int = 3) -> str:
+    """The settings that differ between two fingerprints, as `section.key old -> new` (the first `shown` of them);
+    empty when they are the same."""
+
+    def flat(value, prefix: str = "") -> dict:
+        if not isinstance(value, dict):
+            return {prefix: value}
+        return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}.{key}" if prefix else key).items()}
+
+    # A section left empty ({}) and one left out (None) hold the same settings.
+    before = {k.removeprefix("shared."): v for k, v in flat(json.loads(recorded)).items() if v is not None}
+    after = {k.removeprefix("shared."): v for k, v in flat(json.loads(current)).items() if v is not None}
+    changed = [f"{key} {before.get(key, 'unset')} -> {after.get(key, 'unset')}"
+               for key in sorted(before.keys() | after.keys()) if before.get(key) != after.get(key)]
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ", ".join(changed[:shown]) + more
+
+
+def resume_checkpoint(training_args, fingerprint: str) -> str | None:
+    """The last checkpoint of `training_args.output_dir` to resume from, or None to start fresh; refuses checkpoints
+    made with other settings, which would be finished under these settings and stamped with their fingerprint.
+    A fresh start records `fingerprint` beside the checkpoints it will write."""
+    output_dir = Path(training_args.output_dir)
+    stale = stale_checkpoints(output_dir, fingerprint)
+    if stale:
+        raise PipelineError(f"{output_dir}: {stale}; delete that folder to start this stage fresh, or undo the "
+                            "change to resume")
+    checkpoint = last_checkpoint(str(output_dir))
+    if checkpoint:
+        print(f"resuming from {checkpoint}")
+    elif training_args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CHECKPOINT_FINGERPRINT_FILE).write_text(fingerprint, encoding="utf-8")
+    return checkpoint
 
 
 def metrics_table(metrics: dict) -> str:

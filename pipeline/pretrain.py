@@ -24,12 +24,12 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
 from pipeline.common import (
-    last_checkpoint,
     last_logged,
     load_tokenizer,
     metrics_table,
     perplexity,
     plot_curves,
+    resume_checkpoint,
     run_stage,
     trainer_defaults,
 )
@@ -191,6 +191,7 @@ def main(recipe, overrides):
     )
     set_seed(training_args.seed)
     check_writable(recipe.run.hub_dir)
+    resume = resume_checkpoint(training_args, recipe.fingerprint("pretrain", overrides))
     tokenizer = load_tokenizer(recipe.hub_path("tokenizer"))
 
     train_text, eval_text = text_splits(data_args)
@@ -225,9 +226,6 @@ def main(recipe, overrides):
         processing_class=tokenizer,
         callbacks=[throughput],
     )
-    resume = last_checkpoint(training_args.output_dir)
-    if resume:
-        print(f"resuming from {resume}")
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start

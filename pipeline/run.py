@@ -3,7 +3,8 @@
     python pipeline/run.py --config recipes/quickstart.yaml [--force sft]
 
 A stage whose hub folder exists and was made from the same recipe settings is skipped; --force STAGE redoes that
-stage and every stage after it; an interrupted stage resumes from its last checkpoint when run again.
+stage and every stage after it; an interrupted stage resumes from its last checkpoint when run again, or starts
+fresh (its checkpoints removed) when they were made with other settings.
 """
 
 import argparse
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.common import stale_checkpoints
 from pipeline.config import STAGES, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.hub import format_metrics, read_metadata
@@ -34,6 +36,7 @@ KEY_METRIC = {
     "ppo": "win_rate",
 }
 TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo")
+RESUMING_STAGES = ("pretrain", "sft")  # they resume from their checkpoints and record the settings they ran with
 
 
 def command(stage: str, recipe_path: Path, accelerate_config: Path) -> list[str]:
@@ -78,9 +81,16 @@ def main():
             summary.append((stage, hub_folder, meta.get("metrics", {}).get(KEY_METRIC.get(stage)), 0.0, "skipped"))
             continue
         output_dir = Path(recipe.output_dir(stage))
-        if stage in TRAINING_STAGES and output_dir.exists() and (forced or upstream_changed or meta):
-            shutil.rmtree(output_dir)  # stale checkpoints of other settings must not be resumed
-        print(f"{tag}: starting", flush=True)
+        # Checkpoints of other settings or inputs must not be resumed (a resuming stage would refuse them).
+        fresh_because = stage in TRAINING_STAGES and output_dir.exists() and (
+            "--force" if forced else "a stage it builds on was redone" if upstream_changed
+            else f"{hub_folder} is out of date" if meta
+            else stale_checkpoints(output_dir, recipe.fingerprint(stage)) if stage in RESUMING_STAGES else None)
+        if fresh_because:
+            shutil.rmtree(output_dir)
+            print(f"{tag}: starting fresh, {output_dir} removed: {fresh_because}", flush=True)
+        else:
+            print(f"{tag}: starting", flush=True)
         start = time.time()
         result = subprocess.run(command(stage, recipe.path, accelerate_config), cwd=Path.cwd())
         seconds = time.time() - start

@@ -14,13 +14,13 @@ from pipeline.common import (
     chat_generation_config,
     fit_context,
     generate_replies,
-    last_checkpoint,
     last_logged,
     load_model,
     load_tokenizer,
     metrics_table,
     perplexity,
     plot_curves,
+    resume_checkpoint,
     run_stage,
     trainer_defaults,
 )
@@ -48,6 +48,7 @@ def main(recipe, overrides):
     )
     set_seed(training_args.seed)
     check_writable(recipe.run.hub_dir)
+    resume = resume_checkpoint(training_args, recipe.fingerprint("sft", overrides))
     base_path = stage_args.base_model or str(recipe.hub_path("pretrain"))
     tokenizer = load_tokenizer(base_path, "base model's tokenizer")
     model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
@@ -75,9 +76,6 @@ def main(recipe, overrides):
         peft_config=get_peft_config(model_args),
     )
     before = trainer.evaluate()["eval_loss"]
-    resume = last_checkpoint(training_args.output_dir)
-    if resume:
-        print(f"resuming from {resume}")
     start = time.time()
     trainer.train(resume_from_checkpoint=resume)
     wall = time.time() - start

@@ -46,6 +46,20 @@ def test_interactive_two_turns_keep_history_and_trim_when_full(chat_model):
     assert "repetition_penalty=" in result.stdout and "(history cleared)" in result.stdout
 
 
+def test_strategy_switch_starts_from_the_shipped_defaults_and_keeps_what_was_set(chat_model):
+    _, _, folder = chat_model
+    turns = ("/set strategy greedy\n/set strategy sample\n/settings\n"
+             "/set top_k 20\n/set strategy greedy\n/set temperature 0.9\n/set strategy sample\n/settings\n/quit\n")
+    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--max_new_tokens", "20"],
+                            input=turns, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = [line for line in result.stdout.splitlines() if "strategy=sample," in line]
+    assert len(shown) == 2, result.stdout
+    assert "temperature=0.7," in shown[0] and "top_p=0.9," in shown[0] and "top_k=0," in shown[0]
+    assert "max_new_tokens=20," in shown[0]
+    assert "temperature=0.9," in shown[1] and "top_p=0.9," in shown[1] and "top_k=20," in shown[1]
+
+
 def test_end_of_input_exits_cleanly(chat_model):
     _, _, folder = chat_model
     result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder)], input="", capture_output=True,

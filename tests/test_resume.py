@@ -1,0 +1,62 @@
+"""An interrupted stage: the same settings resume it, other settings are refused, `run.py` starts it fresh."""
+
+import json
+import shutil
+
+import pytest
+from conftest import launch, run_cli, write_recipe
+from test_errors import assert_one_line_error
+
+from pipeline.config import load_recipe
+
+PRETRAIN = {"max_steps": 4, "save_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A tokenizer and a pretraining run stopped after its first checkpoint (step 2 of 4), which pushed nothing."""
+    root = tmp_path_factory.mktemp("interrupted")
+    recipe = write_recipe(root / "resume.yaml", root, pretrain=PRETRAIN)
+    run_cli(["tokenizer/train.py", "--config", recipe], check=True)
+    launch("pipeline/pretrain.py", recipe, check=True)
+    shutil.rmtree(root / "runs" / "resume" / "pretrain" / "checkpoint-4")
+    shutil.rmtree(root / "hub" / "resume-base")
+    return root
+
+
+def copy_of(interrupted, tmp_path, **pretrain):
+    """The interrupted run under `tmp_path`, with its recipe's pretrain section changed by `pretrain`."""
+    for folder in ("hub", "runs"):
+        shutil.copytree(interrupted / folder, tmp_path / folder)
+    return write_recipe(tmp_path / "resume.yaml", tmp_path, pretrain={**PRETRAIN, **pretrain})
+
+
+def test_the_same_settings_resume_from_the_last_checkpoint(interrupted, tmp_path):
+    recipe = copy_of(interrupted, tmp_path)
+    result = launch("pipeline/pretrain.py", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"resuming from {tmp_path / 'runs' / 'resume' / 'pretrain' / 'checkpoint-2'}" in result.stdout
+    meta = json.loads((tmp_path / "hub" / "resume-base" / "minichatgpt.json").read_text())
+    assert meta["metrics"]["tokens_seen"] == 4 * 8 * 128
+
+
+def test_other_settings_are_refused_in_one_line_and_nothing_is_pushed(interrupted, tmp_path):
+    recipe = copy_of(interrupted, tmp_path, learning_rate=5e-4)
+    result = run_cli(["pipeline/pretrain.py", "--config", recipe])
+    assert_one_line_error(result, str(tmp_path / "runs" / "resume" / "pretrain"), "other settings",
+                          "pretrain.learning_rate 0.001 -> 0.0005", "delete that folder")
+    assert not (tmp_path / "hub" / "resume-base").exists()
+
+
+@pytest.mark.slow  # the stages after pretraining run too: about 90 s on 2 cores
+def test_run_starts_a_stage_fresh_when_its_checkpoints_have_other_settings(interrupted, tmp_path):
+    recipe = copy_of(interrupted, tmp_path, learning_rate=5e-4)
+    result = run_cli(["pipeline/run.py", "--config", recipe, "--skip_eval"], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[1/5] tokenizer: skipped" in result.stdout
+    fresh = [line for line in result.stdout.splitlines() if "[2/5] pretrain: starting fresh" in line]
+    assert len(fresh) == 1 and "pretrain.learning_rate 0.001 -> 0.0005" in fresh[0], result.stdout[-3000:]
+    assert "resuming from" not in result.stdout
+    meta = json.loads((tmp_path / "hub" / "resume-base" / "minichatgpt.json").read_text())
+    assert meta["fingerprint"] == load_recipe(recipe).fingerprint("pretrain")
+    assert "[5/5] ppo: done" in result.stdout
