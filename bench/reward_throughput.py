@@ -59,7 +59,8 @@ def bench(model_path, pairs, sampler, steps, warmup, batch, learning_rate, tmp_d
     args = RewardConfig(output_dir=tmp_dir, max_steps=warmup + steps, per_device_train_batch_size=batch,
                         learning_rate=learning_rate, train_sampling_strategy=sampler, remove_unused_columns=False,
                         max_length=model.config.max_position_embeddings, logging_steps=10**9, save_strategy="no",
-                        report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0)
+                        report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0,
+                        activation_checkpointing=False)  # as the reward stage (pipeline/common.py)
     collator = CountingCollator(pad_token_id=tokenizer.pad_token_id)
     timer = TokenCountingTimer(warmup, collator)
     RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer, data_collator=collator,

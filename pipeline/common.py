@@ -115,6 +115,12 @@ def trainer_defaults(**stage_defaults) -> dict:
     # Without an accelerator, Trainer only runs several processes as DDP (gloo) when told it is on the CPU.
     defaults.setdefault("use_cpu", not torch.accelerator.is_available())
     defaults.setdefault("ddp_find_unused_parameters", False)
+    # Activation checkpointing off, under its current name. TRL's configs default to the deprecated alias
+    # `gradient_checkpointing=True`, which made every SFT, reward and RL run print transformers' FutureWarning and
+    # recompute each block's forward pass during backward: for models of a few million parameters (124M at most in
+    # the shipped recipes) the saved activations are small, so checkpointing only costs time. A recipe that needs the
+    # memory sets `activation_checkpointing: true` (or the old `gradient_checkpointing: true`; see Recipe.parse).
+    defaults.setdefault("activation_checkpointing", False)
     if importlib.util.find_spec("tensorboard") is not None:
         defaults.setdefault("report_to", ["tensorboard"])
     return defaults

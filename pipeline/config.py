@@ -27,7 +27,7 @@ class DataArguments:
     text_sources: list[str] = field(
         default_factory=lambda: ["chitchat"],
         metadata={"help": "Pretraining/tokenizer text: files, folders, globs, 'wikitext:<file>', 'hub:<id>[:<config>]', "
-                  "'disk:<folder>' or 'chitchat'. See README, 'Bring your own data'."},
+                  "'disk:<folder>' or 'chitchat'. See docs/data.md."},
     )
     dialog_sources: list[str] = field(
         default_factory=lambda: ["chitchat"],
@@ -267,7 +267,13 @@ class Recipe:
 
     def parse(self, section: str, cli_args: list[str] | None = None, defaults: dict | None = None):
         """The section's dataclasses: the stage's `defaults`, overridden by the recipe, overridden by `cli_args`."""
-        values = {**(defaults or {}), **(self.sections.get(section) or {})}
+        asked = self.sections.get(section) or {}
+        values = {**(defaults or {}), **asked}
+        cli_keys = {a[2:].split("=")[0] for a in cli_args or [] if a.startswith("--")}
+        if "gradient_checkpointing" in {*asked, *cli_keys} and "activation_checkpointing" not in {*asked, *cli_keys}:
+            # transformers reads the deprecated alias only while `activation_checkpointing` is unset, so a stage
+            # default of the new name would silently override the old name a recipe or command line still uses.
+            values.pop("activation_checkpointing", None)
         if "output_dir" in _known_keys(section) and not values.get("output_dir"):
             values["output_dir"] = self.output_dir(section)
         parser = _parser(section)

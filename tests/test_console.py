@@ -1,0 +1,48 @@
+"""Our own settings print no deprecation warning: the training arguments every stage builds from a recipe."""
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from pipeline.common import trainer_defaults
+from pipeline.config import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINING_SECTIONS = ("pretrain", "sft", "reward", "ppo")
+
+
+@pytest.mark.parametrize("section", TRAINING_SECTIONS)
+def test_training_arguments_raise_no_future_warning(section):
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        parsed = recipe.parse(section, defaults=trainer_defaults())
+    training_args = [args for args in parsed if hasattr(args, "activation_checkpointing")]
+    assert training_args, section
+    # TRL's configs default to `gradient_checkpointing=True` (the deprecated alias); the stages turn it off.
+    assert all(args.activation_checkpointing is False for args in training_args)
+
+
+def test_rloo_arguments_raise_no_future_warning():
+    from pipeline.ppo import rloo_config
+
+    recipe = load_recipe(ROOT / "recipes" / "smoke.yaml")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        stage_args, config = recipe.parse("ppo", defaults=trainer_defaults(kl_coef=0.05))
+        rloo = rloo_config(config, stage_args, reward_weights=[1.0])
+    assert rloo.activation_checkpointing is False
+
+
+@pytest.mark.parametrize("key", ["activation_checkpointing", "gradient_checkpointing"])
+def test_a_recipe_can_still_turn_checkpointing_on(tmp_path, key):
+    path = tmp_path / "ckpt.yaml"
+    path.write_text((ROOT / "recipes" / "smoke.yaml").read_text() + "\n", encoding="utf-8")
+    recipe = load_recipe(path)
+    recipe.sections["sft"][key] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # the old name warns, as transformers means it to
+        _, config, _ = recipe.parse("sft", defaults=trainer_defaults())
+        _, from_cli, _ = load_recipe(path).parse("sft", [f"--{key}", "true"], defaults=trainer_defaults())
+    assert config.activation_checkpointing is True and from_cli.activation_checkpointing is True
