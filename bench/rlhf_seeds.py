@@ -28,10 +28,11 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from eval.metrics import load_metric
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
-from pipeline.common import generate_reply_ids, load_model, load_tokenizer, score_sequences, trainer_defaults
+from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
+from pipeline.generation import generate_reply_ids, score_sequences
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("win_rate", "recall_at_1", "specificity", "specificity_gain", "specificity_gain_se", "echo_rate",

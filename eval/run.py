@@ -20,16 +20,9 @@ from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
 from eval.report import render_markdown, write_plots
 from eval.stats import standard_error
 from pipeline.chat import decoding_config, mmi_rerank
-from pipeline.common import (
-    generate_reply_ids,
-    load_model,
-    load_tokenizer,
-    run_stage,
-    score_conversations,
-    score_sequences,
-    trainer_defaults,
-)
+from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import dialog_splits, sample_pairs, text_splits
+from pipeline.generation import generate_reply_ids, score_conversations, score_sequences
 from pipeline.hub import add_evaluation, library_versions, read_metadata
 from pipeline.preferences import preference_splits
 

@@ -19,16 +19,9 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParser, TextStreamer, set_seed
 
-from pipeline.common import (
-    MMI_DEFAULTS,
-    cut_at_end,
-    end_of_turn_ids,
-    fit_history,
-    load_model,
-    load_tokenizer,
-    token_pmi_scores,
-)
+from pipeline.common import load_model, load_tokenizer
 from pipeline.errors import PipelineError
+from pipeline.generation import MMI_DEFAULTS, cut_at_end, end_of_turn_ids, fit_history, token_pmi_scores
 from pipeline.hub import read_metadata
 
 STRATEGIES = ("greedy", "beam", "sample", "mmi")

@@ -8,8 +8,8 @@ import math
 from transformers import TrainerCallback
 
 from eval.metrics import load_metric
-from pipeline.common import generate_replies
 from pipeline.errors import PipelineError
+from pipeline.generation import generate_replies
 
 logger = logging.getLogger("minichatgpt.ppo")
 

@@ -25,21 +25,23 @@ from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
 from pipeline.common import (
-    chat_generation_config,
-    fit_history,
-    generate_reply_ids,
     last_logged,
     load_model,
     load_tokenizer,
     metrics_table,
     plot_curves,
-    render_prompts,
     run_stage,
-    score_sequences,
     trainer_defaults,
 )
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
+from pipeline.generation import (
+    chat_generation_config,
+    fit_history,
+    generate_reply_ids,
+    render_prompts,
+    score_sequences,
+)
 from pipeline.guards import AdaptiveKL, RLHFGuards
 from pipeline.hub import card_metadata, check_writable, push
 from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs

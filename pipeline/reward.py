@@ -17,9 +17,9 @@ from pipeline.common import (
     metrics_table,
     plot_curves,
     run_stage,
-    score_conversations,
     trainer_defaults,
 )
+from pipeline.generation import score_conversations
 from pipeline.hub import card_metadata, check_writable, push
 from pipeline.preferences import preference_splits
 

@@ -19,8 +19,8 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from trl.rewards import get_repetition_penalty_reward
 
-from pipeline.common import score_sequences, token_pmi_scores
 from pipeline.errors import PipelineError
+from pipeline.generation import score_sequences, token_pmi_scores
 
 PARTS = ("reward_model", "repetition", "end_of_turn", "relevance")
 

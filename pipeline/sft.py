@@ -11,9 +11,7 @@ from transformers import AutoModelForCausalLM, set_seed
 from trl import SFTTrainer, get_peft_config
 
 from pipeline.common import (
-    chat_generation_config,
     fit_context,
-    generate_replies,
     last_logged,
     load_model,
     load_tokenizer,
@@ -25,6 +23,7 @@ from pipeline.common import (
     trainer_defaults,
 )
 from pipeline.data import conversation_windows, data_card, dialog_splits
+from pipeline.generation import chat_generation_config, generate_replies
 from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.sft")

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.metrics import load_metric
 from pipeline.chat import Chat, decode, decoding_config, reply
-from pipeline.common import generate_replies
+from pipeline.generation import generate_replies
 
 PROMPTS = ["how are you ?", "what do you do for fun ?", "do you like movies ?", "where are you from ?",
            "i just got back from work", "what is your favorite food ?"]

@@ -6,7 +6,7 @@ import torch
 from conftest import run_cli
 
 from pipeline.chat import decoding_config, mmi_rerank
-from pipeline.common import MMI_DEFAULTS, chat_generation_config, reply_log_likelihoods, reply_token_ids
+from pipeline.generation import MMI_DEFAULTS, chat_generation_config, reply_log_likelihoods, reply_token_ids
 
 DIALOGS = [
     ("what color is the sky ?", "blue , and the clouds are white"),

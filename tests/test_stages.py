@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, launch, write_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.common import fit_history, render_prompts
+from pipeline.generation import fit_history, render_prompts
 from pipeline.ppo import prompt_conversations
 
 

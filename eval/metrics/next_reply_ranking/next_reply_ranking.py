@@ -6,7 +6,7 @@ import evaluate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.stats import standard_error
-from pipeline.common import EMPTY_PROMPT, reply_log_likelihoods, reply_token_ids
+from pipeline.generation import EMPTY_PROMPT, reply_log_likelihoods, reply_token_ids
 
 _KWARGS = """
 Args:
