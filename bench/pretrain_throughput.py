@@ -23,7 +23,7 @@ import transformers
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from pipeline.config import PretrainArguments
+from pipeline.arguments import PretrainArguments
 from pipeline.pretrain import build_model, device_peak_flops, flops_per_token, trainer_speed_defaults
 
 SIZES = {

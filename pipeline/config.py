@@ -8,201 +8,29 @@ import difflib
 import json
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 from trl import ModelConfig, RewardConfig, SFTConfig
 
+from pipeline.arguments import (
+    DataArguments,
+    EvalArguments,
+    ModelShapeArguments,
+    PPOArguments,
+    PretrainArguments,
+    RecipeArguments,
+    RewardArguments,
+    SFTArguments,
+    TokenizerArguments,
+)
 from pipeline.errors import PipelineError
-from pipeline.hub import DEFAULT_KEEP_REVISIONS, check_keep_revisions, check_name, hub_path
+from pipeline.hub import check_keep_revisions, check_name, hub_path
 
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
 
-
-@dataclass
-class DataArguments:
-    text_sources: list[str] = field(
-        default_factory=lambda: ["chitchat"],
-        metadata={"help": "Pretraining/tokenizer text: files, folders, globs, 'wikitext:<file>', 'hub:<id>[:<config>]', "
-                  "'disk:<folder>' or 'chitchat'. See docs/data.md."},
-    )
-    dialog_sources: list[str] = field(
-        default_factory=lambda: ["chitchat"],
-        metadata={"help": "Dialogs for SFT, reward pairs and PPO prompts: 'chitchat', 'cornell:<folder>', chat or "
-                  "prompt/completion JSONL/JSON/Parquet files, 'hub:<id>[:<config>]'."},
-    )
-    preference_sources: list[str] = field(
-        default_factory=list,
-        metadata={"help": "Preference files {prompt, chosen, rejected}; empty means pairs are built from the dialogs."},
-    )
-    text_column: str = field(default="text", metadata={"help": "Text column of JSON/CSV/Parquet/disk/hub sources."})
-    encoding: str = field(
-        default="auto",
-        metadata={"help": "Encoding of text, JSON, CSV and Cornell files: 'auto' (UTF-8; ISO-8859-1 for cornell: "
-                  "folders, the original corpus's encoding), utf-8, latin-1 or another Python codec name."},
-    )
-    text_unit: Literal["paragraph", "line", "file"] = field(
-        default="paragraph",
-        metadata={"help": "One document per paragraph (blank-line separated), per line, or per file in .txt/.raw/.md."},
-    )
-    max_documents_per_source: int | None = field(
-        default=None, metadata={"help": "Keep at most this many documents/conversations of each source."}
-    )
-    eval_fraction: float = field(
-        default=0.05, metadata={"help": "Share of documents and conversations held out, drawn from each one's content "
-                                "id: the same in every stage, whatever the mix of sources."})
-    max_eval_examples: int = field(
-        default=200, metadata={"help": "Held-out documents (and conversations) evaluated; held-out ones past it are "
-                               "used nowhere."})
-    split_seed: int = field(
-        default=1234, metadata={"help": "Seed of the held-out draw and of the samples of held-out prompts."})
-    max_bad_fraction: float = field(
-        default=0.1, metadata={"help": "Fail when more than this share of a source's rows is malformed."}
-    )
-
-
-@dataclass
-class ModelShapeArguments:
-    n_layer: int = field(default=4, metadata={"help": "Transformer blocks."})
-    n_embd: int = field(default=256, metadata={"help": "Width of the residual stream."})
-    n_head: int = field(default=4, metadata={"help": "Attention heads; must divide n_embd."})
-    n_positions: int = field(default=256, metadata={"help": "Context length in tokens."})
-    dropout: float = field(default=0.0, metadata={"help": "Dropout of embeddings, attention and residuals."})
-
-
-@dataclass
-class TokenizerArguments:
-    vocab_size: int = field(default=8192, metadata={"help": "Vocabulary size, special tokens included."})
-    min_frequency: int = field(default=2, metadata={"help": "Minimum pair count for a BPE merge."})
-
-
-@dataclass
-class PretrainArguments:
-    pad_vocab_to_multiple_of: int = field(
-        default=64, metadata={"help": "Round the embedding matrix up to a multiple of this (faster matmuls)."}
-    )
-    max_eval_blocks: int | None = field(default=None, metadata={"help": "Cap on held-out blocks evaluated."})
-    causal_attention: bool = field(
-        default=True,
-        metadata={"help": "Run attention as SDPA's causal kernel with no mask (FlashAttention/cuDNN on GPUs), also "
-                  "under torch.compile; valid because packed blocks have no padding."},
-    )
-    loss_only_in_training: bool = field(
-        default=True,
-        metadata={"help": "Training forwards return only the loss: no full-vocabulary logits copied to fp32 and no "
-                  "key/value cache built every step. Evaluation and generation are unchanged."},
-    )
-
-
-@dataclass
-class SFTArguments:
-    base_model: str | None = field(
-        default=None, metadata={"help": "Model folder or hub id to fine-tune; default {hub_dir}/{run_name}-base."}
-    )
-    max_turns: int = field(
-        default=8, metadata={"help": "Long conversations are cut into windows of at most this many turns."}
-    )
-    sample_prompts: list[str] = field(
-        default_factory=lambda: ["hi , how are you ?", "what do you do for fun ?", "do you like movies ?"],
-        metadata={"help": "Prompts decoded greedily at the end and shown on the model card."},
-    )
-
-
-@dataclass
-class RewardArguments:
-    rejected_kinds: list[str] = field(
-        default_factory=lambda: ["other_conversation", "truncated", "shuffled", "looped", "generic"],
-        metadata={"help": "How rejected replies are made when there are no preference files."},
-    )
-    rejected_weights: list[float] | None = field(
-        default=None, metadata={"help": "Mix of rejected_kinds (same order); default: equal."}
-    )
-    max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs."})
-    built_per_preference: float = field(
-        default=0.0, metadata={"help": "With data.preference_sources: pairs built from the dialogs added to training "
-                                       "per preference pair (0: the preference files only)."}
-    )
-    eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out pairs the accuracy is measured on."})
-    context_turns: int | None = field(
-        default=None, metadata={"help": "Turns before the reply that the reward model sees, the last the user's; "
-                                "default: ppo.context_turns, the contexts the RL stage gives it to score."}
-    )
-
-
-@dataclass
-class PPOArguments:
-    max_prompt_length: int = field(default=96, metadata={"help": "Prompt tokens kept (oldest turns dropped first)."})
-    context_turns: int = field(default=3, metadata={"help": "Turns of conversation in a prompt, ending at a user's."})
-    max_prompts: int | None = field(default=None, metadata={"help": "Cap on training prompts."})
-    compare_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the final SFT vs PPO comparison."})
-    guard_prompts: int = field(default=32, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
-    max_kl: float = field(default=20.0, metadata={"help": "Stop when the KL to the SFT policy exceeds this."})
-    algorithm: Literal["ppo", "rloo"] = field(
-        default="ppo", metadata={"help": "ppo: trl.experimental.ppo.PPOTrainer; rloo: trl.RLOOTrainer (REINFORCE with a "
-                                 "leave-one-out baseline, no value model). Both push {run_name}-ppo."}
-    )
-    rloo_num_generations: int = field(
-        default=4, metadata={"help": "RLOO: replies sampled per prompt; each is judged against the mean of the others."}
-    )
-    reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
-    normalize_reward_model: bool = field(
-        default=True, metadata={"help": "Standardise the reward model's score by its mean and std over warm-up "
-                                "rollouts of the SFT policy (reward_scale_rollouts), gathered from every process."}
-    )
-    reward_scale_rollouts: int = field(
-        default=256, metadata={"help": "Warm-up replies of the SFT policy, one per training prompt, sampled as the "
-                               "rollouts are, whose reward-model scores set the standardisation."}
-    )
-    reward_model_clip: float | None = field(
-        default=None, metadata={"help": "Clip the standardised reward-model score to [-clip, clip], so that no reply "
-                                "earns more than that many standard deviations by exploiting the reward model."}
-    )
-    repetition_weight: float = field(
-        default=1.0, metadata={"help": "Weight of the repetition penalty: minus the share of repeated token n-grams."}
-    )
-    repetition_ngram: int = field(default=3, metadata={"help": "n of the repetition penalty's n-grams."})
-    relevance_weight: float = field(
-        default=0.5, metadata={"help": "Weight of the relevance bonus: per-token log p(reply | context) - log p(reply | "
-                               "empty prompt) under the SFT model."}
-    )
-    kl_target: float | None = field(
-        default=None, metadata={"help": "KL budget: above it kl_coef grows, below it shrinks (adaptive KL controller); "
-                                "None keeps kl_coef fixed."}
-    )
-    kl_adapt_rate: float = field(
-        default=0.1, metadata={"help": "Largest relative change of kl_coef per log step under kl_target."}
-    )
-
-
-@dataclass
-class EvalArguments:
-    max_prompts: int = field(
-        default=500, metadata={"help": "Held-out prompts decoded per policy and strategy, sampled over all held-out "
-                               "conversations; 500 puts the standard error of a specificity gain near 0.02, so that "
-                               "a gain of 0.05 is at least two of them."})
-    max_new_tokens: int = field(default=32, metadata={"help": "Reply length cap."})
-    num_beams: int = field(default=4, metadata={"help": "Beams for the beam-search comparison."})
-    repetition_penalty: float = field(default=1.2, metadata={"help": "Repetition penalty used with beam search."})
-    ranking_contexts: int = field(
-        default=200, metadata={"help": "Held-out contexts for next-reply recall@1 (each with 10 candidate replies)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the sampled decodings (chat default and mmi)."})
-
-
-@dataclass
-class RecipeArguments:
-    run_name: str | None = field(default=None, metadata={"help": "Run name; default: the recipe file's name."})
-    hub_dir: str = field(default="hub", metadata={"help": "Local model hub folder."})
-    output_root: str = field(default="runs", metadata={"help": "Trainer checkpoints go to {output_root}/{run_name}/{stage}."})
-    accelerate_config: str = field(default="accelerate_config.yaml", metadata={"help": "Used by pipeline/run.py."})
-    keep_revisions: int = field(
-        default=DEFAULT_KEEP_REVISIONS,
-        metadata={"help": "Older revisions of each hub model kept under {hub_dir}/.revisions/{name}/ besides the "
-                  "current one; older ones are deleted after each push. 0 keeps only the current one, and a process "
-                  "loading the model while it is replaced may then find its files gone."},
-    )
 
 
 def _ppo_config_class():

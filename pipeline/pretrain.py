@@ -23,6 +23,7 @@ from transformers import (
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
+from pipeline.arguments import PretrainArguments
 from pipeline.common import (
     last_logged,
     load_tokenizer,
@@ -33,7 +34,6 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
-from pipeline.config import PretrainArguments
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push

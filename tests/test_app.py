@@ -18,8 +18,8 @@ from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.app import append_vote, read_votes, tally_table, vote_row
+from pipeline.arguments import DataArguments
 from pipeline.chat import Chat, decoding_config
-from pipeline.config import DataArguments
 from pipeline.preferences import load_preferences, preference_splits
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -4,7 +4,7 @@ import random
 import pytest
 from conftest import CORNELL, WIKITEXT, most_lines_missing, write_cornell
 
-from pipeline.config import DataArguments
+from pipeline.arguments import DataArguments
 from pipeline.data import conversation_windows, load_dialogs, load_text, prompt_reply_pairs, split_eval
 from pipeline.errors import PipelineError
 from pipeline.files import read_text_file

@@ -3,7 +3,7 @@ samples of held-out prompts spread over the conversations."""
 
 import json
 
-from pipeline.config import DataArguments
+from pipeline.arguments import DataArguments
 from pipeline.data import dialog_splits, held_out_draw, load_dialogs, normalised, sample_pairs, text_splits
 from pipeline.ppo import prompt_conversations
 from pipeline.preferences import preference_splits

@@ -11,8 +11,9 @@ from conftest import ROOT
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
 
+from pipeline.arguments import PretrainArguments
 from pipeline.common import trainer_defaults
-from pipeline.config import PretrainArguments, load_recipe
+from pipeline.config import load_recipe
 from pipeline.pretrain import build_model, trainer_speed_defaults
 
 SHAPE = SimpleNamespace(n_layer=2, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
