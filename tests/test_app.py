@@ -17,10 +17,10 @@ from conftest import ROOT, run_cli
 from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.app import append_vote, read_votes, tally_table, vote_row
 from pipeline.arguments import DataArguments
 from pipeline.chat import Chat, decoding_config
 from pipeline.preferences import load_preferences, preference_splits
+from pipeline.votes import append_vote, read_votes, tally_table, vote_row
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
