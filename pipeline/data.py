@@ -167,22 +167,30 @@ def text_splits(args, reports: list | None = None) -> tuple[Dataset, Dataset]:
 # ---------------------------------------------------------------- conversations
 
 
-def conversation_windows(messages: list[dict], max_turns: int) -> list[list[dict]]:
+def conversation_windows(messages: list[dict], max_turns: int, turn_tokens: list[int] | None = None,
+                         max_tokens: int | None = None) -> list[list[dict]]:
     """Cut a long conversation into windows of at most `max_turns` turns, each starting at a user turn and ending
-    at an assistant turn; a leading system turn is repeated in every window."""
+    at an assistant turn; a leading system turn is repeated in every window. With `turn_tokens` (each turn's
+    rendered length) and `max_tokens`, a window also fits in that many tokens, and an exchange too long for it even
+    alone is left out, so that nothing is truncated."""
     system = [m for m in messages[:1] if m["role"] == "system"]
-    turns = messages[len(system):]
+    turns, lengths = messages[len(system):], (turn_tokens or [0] * len(messages))[len(system):]
+    budget = (max_tokens if max_tokens is not None else float("inf")) - sum(turn_tokens[: len(system)] if turn_tokens else [])
     windows, start = [], 0
     while start < len(turns):
         while start < len(turns) and turns[start]["role"] != "user":
             start += 1
-        end = min(start + max_turns, len(turns))
+        end, used = start, 0
+        while end < min(start + max_turns, len(turns)) and used + lengths[end] <= budget:
+            used += lengths[end]
+            end += 1
         while end > start and turns[end - 1]["role"] != "assistant":
             end -= 1
-        if end <= start:
-            break
-        windows.append(system + turns[start:end])
-        start = end
+        if end > start:
+            windows.append(system + turns[start:end])
+            start = end
+        else:
+            start += 1
     return windows
 
 

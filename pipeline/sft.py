@@ -29,16 +29,22 @@ from pipeline.hub import card_metadata, check_writable, push
 logger = logging.getLogger("minichatgpt.sft")
 
 
-def windows(dataset, max_turns: int) -> Dataset:
-    return Dataset.from_dict(
-        {"messages": [w for messages in dataset["messages"] for w in conversation_windows(messages, max_turns)]}
-    )
+def windows(dataset, max_turns: int, tokenizer, max_length: int) -> Dataset:
+    """The conversations cut into windows of at most `max_turns` turns that fit in `max_length` tokens once rendered,
+    so that the trainer truncates none: the chat template renders a turn as its role token, its content and the
+    end-of-turn token."""
+    conversations = dataset["messages"]
+    contents = [turn["content"] for messages in conversations for turn in messages]
+    lengths = iter(len(ids) + 2 for ids in tokenizer(contents, add_special_tokens=False)["input_ids"])
+    return Dataset.from_dict({"messages": [
+        window for messages in conversations
+        for window in conversation_windows(messages, max_turns, [next(lengths) for _ in messages], max_length)]})
 
 
 def main(recipe, overrides):
     data_args, stage_args, training_args, model_args = recipe.parse_stage(
         "sft", overrides,
-        defaults=trainer_defaults(assistant_only_loss=True, eos_token="<|end|>", truncation_mode="keep_end",
+        defaults=trainer_defaults(assistant_only_loss=True, eos_token="<|end|>",
                                   lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2,
                                   eval_strategy="no", logging_steps=10,
                                   # Windows of similar length batched together: random batches are mostly padding
@@ -56,8 +62,8 @@ def main(recipe, overrides):
 
     data_reports = []
     train_dialogs, eval_dialogs = dialog_splits(data_args, data_reports)
-    train_set = windows(train_dialogs, stage_args.max_turns)
-    eval_set = windows(eval_dialogs, stage_args.max_turns)
+    train_set = windows(train_dialogs, stage_args.max_turns, tokenizer, training_args.max_length)
+    eval_set = windows(eval_dialogs, stage_args.max_turns, tokenizer, training_args.max_length)
     print(f"sft data: {len(train_set)} training and {len(eval_set)} held-out conversation windows; "
           + "; ".join(report.summary() for report in data_reports))
 

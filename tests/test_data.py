@@ -232,6 +232,26 @@ def test_conversation_windows_start_at_user_and_end_at_assistant():
         assert window[0]["role"] == "system" and window[1]["role"] == "user" and window[-1]["role"] == "assistant"
 
 
+def test_conversation_windows_fit_a_token_budget_and_leave_out_an_exchange_too_long_alone():
+    turns = [{"role": "user" if i % 2 == 0 else "assistant", "content": str(i)} for i in range(10)]
+    tokens = [3, 3, 3, 3, 30, 3, 3, 3, 3, 3]  # the exchange of turns 4 and 5 does not fit in 20 tokens
+    windows = conversation_windows(turns, 8, tokens, max_tokens=20)
+    assert [[t["content"] for t in w] for w in windows] == [["0", "1", "2", "3"], ["6", "7", "8", "9"]]
+
+
+def test_sft_windows_fit_the_context_once_rendered():
+    from pipeline.sft import windows
+    from tokenizer.train import train_tokenizer
+
+    dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=60))
+    turns = sum(len(m) for m in dialogs["messages"])
+    tokenizer = train_tokenizer([t["content"] for m in dialogs["messages"] for t in m], 600, 2)
+    cut = windows(dialogs, 8, tokenizer, 128)
+    lengths = [len(tokenizer.apply_chat_template(w, return_dict=False)) for w in cut["messages"]]
+    assert max(lengths) <= 128, "the trainer would truncate a window"
+    assert sum(len(w) for w in cut["messages"]) > 0.8 * turns, "most turns are in some window"
+
+
 def test_preference_pairs_from_dialogs_use_every_kind():
     dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=100))["messages"]
     kinds = ["other_conversation", "truncated", "shuffled", "looped", "generic"]
