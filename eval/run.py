@@ -62,8 +62,7 @@ def decoded_reply_ids(model, tokenizer, prompts, strategy: str, settings: dict, 
     candidates, config.num_return_sequences = config.num_return_sequences, 1
     prompt_ids, reply_ids = generate_reply_ids(model, tokenizer, [p for p in prompts for _ in range(candidates)],
                                                batch_size=64, max_prompt_tokens=max_prompt_tokens,
-                                               generation_config=config,
-                                               no_repeat_ngram_size=config.no_repeat_ngram_size)
+                                               generation_config=config)
     if candidates == 1:
         return prompt_ids, reply_ids
     groups = range(0, len(reply_ids), candidates)

@@ -58,11 +58,12 @@ def generate_reply_ids(model, tokenizer, conversations: list[list[dict]], batch_
                        max_prompt_tokens: int | None = None, **generate_kwargs) -> tuple[list[list[int]], list[list[int]]]:
     """The rendered prompts and the replies of a chat model to conversations ending at a user turn, as token ids,
     via `generate()` with left padding: each reply as generated, up to and including the first end token when it
-    wrote one (a reply cut off by the length limit has none). The chat's shipped `no_repeat_ngram_size` is off
-    unless asked for: it would hide the loops these replies measure."""
+    wrote one (a reply cut off by the length limit has none). Without a `generation_config`, the chat's shipped
+    `no_repeat_ngram_size` is off unless asked for: it would hide the loops these replies measure."""
     import torch
 
-    generate_kwargs.setdefault("no_repeat_ngram_size", 0)
+    if "generation_config" not in generate_kwargs:
+        generate_kwargs.setdefault("no_repeat_ngram_size", 0)
     ends = set(end_of_turn_ids(tokenizer))
     prompts = render_prompts(tokenizer, conversations, max_prompt_tokens)
     replies = []

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.common import stale_checkpoints
+from pipeline.common import stale_checkpoints, trainer_defaults
 from pipeline.config import STAGES, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.hub import format_metrics, read_metadata
@@ -56,7 +56,7 @@ def main():
     try:
         recipe = load_recipe(args.config)
         for section in recipe.sections:
-            recipe.parse(section, defaults={"bf16": False} if section in TRAINING_STAGES else None)
+            recipe.parse(section, defaults=trainer_defaults() if section in TRAINING_STAGES else None)
         accelerate_config = Path(recipe.run.accelerate_config)
         if not accelerate_config.is_file():
             raise PipelineError(f"{recipe.path}: accelerate_config '{accelerate_config}' not found")

@@ -57,6 +57,8 @@ def main(recipe, overrides):
     base_path = stage_args.base_model or str(recipe.hub_path("pretrain"))
     tokenizer = load_tokenizer(base_path, "base model's tokenizer")
     model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
+    # A chat model's turn ends at <|end|> (the trainer's eos_token): said here, so the trainer need not realign them.
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|end|>")
     context = model.config.max_position_embeddings
     training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
 

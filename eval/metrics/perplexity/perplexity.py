@@ -40,6 +40,7 @@ class Perplexity(evaluate.Metric):
     def _compute(self, predictions, model_id, contexts=None):
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, use_safetensors=True).eval()
+        model.loss_type = "ForCausalLM"  # the config names none: said here, so the loss does not warn of a guess
         window = model.config.max_position_embeddings
         per_text = []
         for i, text in enumerate(predictions):
