@@ -123,6 +123,11 @@ class Recipe:
             values.pop("activation_checkpointing", None)
         if "output_dir" in _known_keys(section) and not values.get("output_dir"):
             values["output_dir"] = self.output_dir(section)
+        if "project" in _known_keys(section):
+            # Trackers that group runs (trackio, with `report_to: [trackio]`) file each stage as a run of the recipe's
+            # project, not as a randomly named run of transformers' catch-all project "huggingface".
+            values.setdefault("project", self.run_name)
+            values.setdefault("run_name", section)
         parser = _parser(section)
         recipe_argv = _to_argv(values)
         try:
