@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -59,6 +60,11 @@ def smoke_run(tmp_path_factory):
     recipe = write_recipe(root / "smoke.yaml", root)
     result = run_cli(["pipeline/run.py", "--config", recipe], check=True, timeout=1200)
     return {"root": root, "recipe": recipe, "hub": root / "hub", "runs": root / "runs", "log": result.stdout}
+
+
+def write_jsonl(path, rows):
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
 
 
 def write_cornell(folder, lines, conversations, encoding="iso-8859-1", newline="\n"):
