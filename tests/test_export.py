@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
 import pipeline.export
-from pipeline.common import chat_generation_config
 from pipeline.errors import PipelineError
 from pipeline.export import export, main
+from pipeline.generation import chat_generation_config
 from pipeline.hub import push
 from tokenizer.train import train_tokenizer
 
