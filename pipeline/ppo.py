@@ -292,9 +292,9 @@ def model_card(recipe, stage_args, config, composite, guards, metrics, samples, 
 
 The chat model of the minichatgpt run `{recipe.run_name}`: `{recipe.hub_path("sft")}` trained with {trainer_name}
 against a composite reward (weights: {weights}; reward model `{recipe.hub_path("reward")}`, {scale}), with a KL
-penalty (kl_coef={config.kl_coef}, KL target {stage_args.kl_target}) to the SFT policy. {episodes} episodes sampled at
-temperature {config.temperature}, response length {config.response_length}, {config.num_ppo_epochs} epochs per
-batch, seed {config.seed}.
+penalty (kl_coef={config.kl_coef}, KL target {stage_args.kl_target}) to the SFT policy. {episodes} episodes
+sampled at temperature {config.temperature}, response length {config.response_length}, {config.num_ppo_epochs}
+epochs per batch, seed {config.seed}.
 
 ## {stage_args.algorithm.upper()} vs SFT on {eval_prompts} held-out prompts (greedy replies)
 

@@ -80,12 +80,12 @@ class CompositeReward:
     def set_reward_model_scale(self, scores: list[float]):
         """Standardise the reward model's score by the mean and spread of `scores`: the SFT policy's warm-up
         rollouts, gathered from every process, so that every process scales alike."""
-        finite = [s for s in scores if math.isfinite(s)]
-        if len(finite) < 2:
-            raise PipelineError(f"the reward model gave {len(finite)} finite scores of {len(scores)} warm-up replies; "
-                                "check the reward model")
-        mean = sum(finite) / len(finite)
-        std = math.sqrt(sum((s - mean) ** 2 for s in finite) / len(finite))
+        bad = sum(not math.isfinite(s) for s in scores)
+        if bad or len(scores) < 2:
+            raise PipelineError(f"non-finite reward_model score for {bad} of {len(scores)} warm-up replies; stopped, "
+                                "nothing pushed (check the reward model)")
+        mean = sum(scores) / len(scores)
+        std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
         self.reward_model_scale = (mean, max(std, 1e-3))
 
     def _reward_model_part(self, prompts, replies) -> list[float]:

@@ -364,5 +364,7 @@ def test_sft_card_and_summary_report_the_data(smoke_run):
     assert "## Data\n\n- chitchat: loaded 200 conversations (" in (sft / "README.md").read_text(encoding="utf-8")
     (data,) = read_metadata(sft)["data"]
     assert data["source"] == "chitchat" and data["loaded"] == 200 and data["lost"] == 0
-    assert data["left_out_by_cap"] == 7168 - 200
+    # Of 7,168 conversations, 3,151 have no reply and 8 are exact copies of another: 4,009 left for the cap.
+    assert data["left_out_by_cap"] == 4009 - 200
+    assert data["dropped"]["conversations without a reply"] == 3151
     assert "sft data: " in smoke_run["log"] and "chitchat: loaded 200 conversations" in smoke_run["log"]

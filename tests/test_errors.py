@@ -116,7 +116,8 @@ def test_dialogs_without_assistant_turns(sft_hub, tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"messages": [{"role": "user", "content": "alone"}]}) + "\n")
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path, data={"dialog_sources": [str(path)]})
-    assert_one_line_error(run_cli(["pipeline/sft.py", "--config", recipe]), "d.jsonl:1: no assistant turn")
+    assert_one_line_error(run_cli(["pipeline/sft.py", "--config", recipe]), "d.jsonl: no usable conversations",
+                          "dropped 1 conversations without a reply")
 
 
 def test_reward_model_built_for_another_tokenizer(smoke_run, tmp_path):

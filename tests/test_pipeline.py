@@ -79,7 +79,7 @@ def test_eval_report_plots_and_model_index(smoke_run):
         assert plot in report["plots"] and (report_dir / plot).stat().st_size > 1000
     markdown = (report_dir / "report.md").read_text()
     assert "## Sample replies" in markdown and "| greedy | ppo |" in markdown and "| mmi | sft |" in markdown
-    assert "## Next-reply ranking" in markdown and "| sft | " in markdown
+    assert "Next-reply ranking on" in markdown and "| sft | " in markdown
     card = yaml.safe_load((smoke_run["hub"] / "smoke-sft" / "README.md").read_text().split("---\n")[1])
     datasets = [r.get("dataset", {}).get("name") for r in card["model-index"][0]["results"]]
     assert "held-out evaluation" in datasets

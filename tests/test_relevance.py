@@ -110,4 +110,5 @@ def test_specificity_per_reply_scores_average_to_the_specificity():
 def test_specificity_loads_as_a_local_evaluate_module():
     metric = evaluate.load(metric_path("reply_specificity"))
     result = metric.compute(predictions=["blue sky", "cheese pizza"], references=["sky color ?", "pizza ?"])
-    assert set(result) == {"raw", "echo_rate", "specificity"}
+    assert set(result) == {"raw", "echo_rate", "specificity", "specificity_se", "echo_rate_se", "prompts"}
+    assert result["prompts"] == 2

@@ -114,6 +114,7 @@ def test_ppo_reads_the_composite_like_a_reward_model(tokenizer, reward_model, to
                                              add_generation_prompt=True, return_dict=False),
                prompt_ids(tokenizer, "music")]
     replies = [reply_ids(tokenizer, "dogs dogs dogs dogs"), reply_ids(tokenizer, "music <|assistant|> is", end=False)]
+    reward.set_reward_model_scale(reward.reward_model_scores(prompts, replies))
     pad = tokenizer.pad_token_id
     context = max(map(len, prompts))
     width = max(map(len, replies))
