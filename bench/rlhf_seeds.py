@@ -32,7 +32,7 @@ from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
-from pipeline.generation import generate_reply_ids, score_sequences
+from pipeline.generation import generate_reply_ids, scored_replies
 
 ROOT = Path(__file__).resolve().parent.parent
 FIELDS = ("win_rate", "recall_at_1", "specificity", "specificity_gain", "specificity_gain_se", "echo_rate",
@@ -88,13 +88,10 @@ class Evaluator:
     def replies(self, model) -> tuple[list[str], list[float]]:
         """Greedy replies to the prompts and the reward model's scores of them as generated (a cut reply stays cut)."""
         budget = model.config.max_position_embeddings - self.max_new_tokens
-        prompt_ids, reply_ids = generate_reply_ids(
+        return scored_replies(self.reward_model, self.tokenizer, *generate_reply_ids(
             model, self.tokenizer, self.prompts, max_prompt_tokens=budget, do_sample=False, repetition_penalty=1.0,
             max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id)
-        scores = score_sequences(self.reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
-                                 self.tokenizer.pad_token_id)
-        return [r.strip() for r in self.tokenizer.batch_decode(reply_ids, skip_special_tokens=True)], scores
+            pad_token_id=self.tokenizer.pad_token_id))
 
     def policy_metrics(self, folder: Path) -> dict:
         model = load_model(folder, AutoModelForCausalLM, "policy", tokenizer=self.tokenizer)

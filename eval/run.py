@@ -22,7 +22,7 @@ from eval.stats import standard_error
 from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import dialog_splits, sample_pairs, text_splits
-from pipeline.generation import generate_reply_ids, score_conversations, score_sequences
+from pipeline.generation import generate_reply_ids, score_conversations, scored_replies
 from pipeline.hub import add_evaluation, library_versions, read_metadata
 from pipeline.preferences import preference_splits
 
@@ -88,10 +88,8 @@ def compare_policies(models: dict, reward_model, tokenizer, prompts, human_repli
             set_seed(args.seed)
             prompt_ids, reply_ids = decoded_reply_ids(models[stage], tokenizer, prompts, strategy, settings,
                                                       max_prompt_tokens, max_new_tokens)
-            texts = [r.strip() for r in tokenizer.batch_decode(reply_ids, skip_special_tokens=True)]
+            texts, scores[stage] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
             replies[(stage, strategy)] = texts
-            scores[stage] = score_sequences(reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
-                                            tokenizer.pad_token_id)
             judged = reply_specificity(prompts, texts, human_replies, per_reply=True)
             specificity[stage] = judged["scores"]
             row.update({f"{stage}_specificity": judged["specificity"], f"{stage}_specificity_se": judged["specificity_se"],

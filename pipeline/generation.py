@@ -86,11 +86,24 @@ def cut_at_end(tokens: list[int], ends: set[int]) -> list[int]:
     return tokens if end is None else tokens[: end + 1]
 
 
+def reply_texts(tokenizer, reply_ids: list[list[int]]) -> list[str]:
+    """Replies as token ids decoded to text, special tokens left out."""
+    return [r.strip() for r in tokenizer.batch_decode(reply_ids, skip_special_tokens=True)]
+
+
 def generate_replies(model, tokenizer, conversations: list[list[dict]], batch_size: int = 16,
                      max_prompt_tokens: int | None = None, **generate_kwargs) -> list[str]:
     """`generate_reply_ids` decoded: the replies' text."""
     _, replies = generate_reply_ids(model, tokenizer, conversations, batch_size, max_prompt_tokens, **generate_kwargs)
-    return [r.strip() for r in tokenizer.batch_decode(replies, skip_special_tokens=True)]
+    return reply_texts(tokenizer, replies)
+
+
+def scored_replies(reward_model, tokenizer, prompt_ids: list[list[int]], reply_ids: list[list[int]]
+                   ) -> tuple[list[str], list[float]]:
+    """Replies as text, and the reward model's scores of them as they were generated: a reply cut off by the length
+    limit is scored without an end of turn, as the RL stage scored it."""
+    scores = score_sequences(reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)], tokenizer.pad_token_id)
+    return reply_texts(tokenizer, reply_ids), scores
 
 
 def right_padded(rows: list[list[int]], pad_token_id: int, device):

@@ -40,7 +40,7 @@ from pipeline.generation import (
     fit_history,
     generate_reply_ids,
     render_prompts,
-    score_sequences,
+    scored_replies,
 )
 from pipeline.guards import AdaptiveKL, RLHFGuards
 from pipeline.hub import card_metadata, check_writable, push
@@ -77,11 +77,8 @@ def compare(sft, policy, reward_model, tokenizer, prompts, max_prompt_tokens, ma
                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     replies, scores = {}, {}
     for name, model in (("sft", sft), ("ppo", policy)):
-        prompt_ids, reply_ids = generate_reply_ids(model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens,
-                                                   **settings)
-        scores[name] = score_sequences(reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
-                                       tokenizer.pad_token_id)
-        replies[name] = [r.strip() for r in tokenizer.batch_decode(reply_ids, skip_special_tokens=True)]
+        replies[name], scores[name] = scored_replies(reward_model, tokenizer, *generate_reply_ids(
+            model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens, **settings))
     distinct = load_metric("distinct_n")
     result = {"win_rate": load_metric("win_rate").compute(predictions=scores["ppo"],
                                                           references=scores["sft"])["win_rate"]}
