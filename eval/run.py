@@ -21,7 +21,7 @@ from eval.report import render_markdown, write_plots
 from eval.stats import standard_error
 from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
-from pipeline.data import dialog_splits, sample_pairs, text_splits
+from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
 from pipeline.generation import generate_reply_ids, score_conversations, scored_replies
 from pipeline.hub import add_evaluation, library_versions, read_metadata
 from pipeline.preferences import preference_splits
@@ -127,8 +127,9 @@ def main(recipe, overrides):
               "library_versions": library_versions(),
               "rl_algorithm": read_metadata(paths["ppo"]).get("algorithm", "ppo")}
 
-    texts = list(text_splits(data_args)[1]["text"])
-    dialog_split = dialog_splits(data_args)
+    dialogs = load_dialogs(data_args)
+    texts = list(text_splits(data_args, dialogs=dialogs)[1]["text"])
+    dialog_split = split_eval(dialogs, data_args)
     held_out_dialogs = dialog_split[1]["messages"]
     ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
     reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())

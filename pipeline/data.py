@@ -151,11 +151,12 @@ def dialog_splits(args, reports: list | None = None) -> tuple[Dataset, Dataset]:
     return split_eval(load_dialogs(args, reports), args)
 
 
-def text_splits(args, reports: list | None = None) -> tuple[Dataset, Dataset]:
+def text_splits(args, reports: list | None = None, dialogs: Dataset | None = None) -> tuple[Dataset, Dataset]:
     """The text's training and held-out documents: a document is held out by its own draw, and with every held-out
-    dialog conversation it contains (a text source and a dialog source often hold the same conversations)."""
+    dialog conversation it contains (a text source and a dialog source often hold the same conversations).
+    `dialogs` is the recipe's `load_dialogs` when the caller has loaded them already."""
     text = load_text(args, reports)
-    dialogs = load_dialogs(args)
+    dialogs = dialogs if dialogs is not None else load_dialogs(args)
     draws = [held_out_draw(example_id, args.split_seed) for example_id in dialogs["id"]]
     finder = ConversationFinder([dialogs[i]["messages"] for i, draw in enumerate(draws) if draw < args.eval_fraction])
     containing = [finder.found_in(document) for document in text["text"]]
