@@ -29,7 +29,7 @@ def write_text(path, conversations, others: int = 30):
     return str(path)
 
 
-def args(tmp_path, dialogs, texts, **kwargs):
+def args(dialogs, texts, **kwargs):
     return DataArguments(dialog_sources=dialogs, text_sources=texts, eval_fraction=0.25, max_eval_examples=8,
                          **kwargs)
 
@@ -60,7 +60,7 @@ def assert_never_trained_on(data_args, held_out: list[str]):
 
 def test_a_recipe_mixing_text_and_dialog_sources_holds_out_the_same_conversations_everywhere(tmp_path):
     conversations = [conversation(i) for i in range(60)]
-    data_args = args(tmp_path, [write_dialogs(tmp_path / "d.jsonl", conversations)],
+    data_args = args([write_dialogs(tmp_path / "d.jsonl", conversations)],
                      [write_text(tmp_path / "t.txt", conversations[::-1])])
     held_out = held_out_conversations(data_args)
     assert 5 <= len(held_out) <= 30
@@ -74,9 +74,9 @@ def test_a_recipe_mixing_text_and_dialog_sources_holds_out_the_same_conversation
 def test_adding_sources_keeps_every_held_out_conversation_held_out(tmp_path):
     conversations = [conversation(i) for i in range(60)]
     dialogs, text = write_dialogs(tmp_path / "d.jsonl", conversations), write_text(tmp_path / "t.txt", conversations)
-    before = held_out_conversations(args(tmp_path, [dialogs], ["chitchat"], max_documents_per_source=300))
+    before = held_out_conversations(args([dialogs], ["chitchat"], max_documents_per_source=300))
     more = [conversation(i, prefix="m") for i in range(40)]
-    bigger = args(tmp_path, [write_dialogs(tmp_path / "more.jsonl", more), dialogs],
+    bigger = args([write_dialogs(tmp_path / "more.jsonl", more), dialogs],
                   [text, write_text(tmp_path / "more.txt", more), "chitchat"], max_documents_per_source=300)
     assert set(before) <= set(held_out_conversations(bigger))
     assert_never_trained_on(bigger, before)
