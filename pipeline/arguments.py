@@ -80,6 +80,11 @@ class PretrainArguments:
         metadata={"help": "Training forwards return only the loss: no full-vocabulary logits copied to fp32 and no "
                   "key/value cache built every step. Evaluation and generation are unchanged."},
     )
+    optimizer: Literal["adamw", "muon"] = field(
+        default="adamw",
+        metadata={"help": "'muon': torch.optim.Muon on the blocks' 2-D weights, AdamW on embeddings, head, norms and "
+                  "biases, at one learning rate and schedule (pipeline/optimizers.py); 'adamw': the trainer's `optim`."},
+    )
 
 
 @dataclass
@@ -182,6 +187,12 @@ class RecipeArguments:
     hub_dir: str = field(default="hub", metadata={"help": "Local model hub folder."})
     output_root: str = field(default="runs", metadata={"help": "Trainer checkpoints go to {output_root}/{run_name}/{stage}."})
     accelerate_config: str = field(default="accelerate_config.yaml", metadata={"help": "Used by pipeline/run.py."})
+    precision: Literal["auto", "bf16", "fp32"] = field(
+        default="auto",
+        metadata={"help": "How the training stages compute: 'auto' is bf16 autocast where the machine has native bf16 "
+                  "(a GPU that supports it, a CPU with AVX-512 BF16 or AMX) and fp32 elsewhere; weights stay fp32. "
+                  "A stage's own `bf16:` key (or `--bf16` on its command line) overrides it."},
+    )
     keep_revisions: int = field(
         default=DEFAULT_KEEP_REVISIONS,
         metadata={"help": "Older revisions of each hub model kept under {hub_dir}/.revisions/{name}/ besides the "

@@ -104,15 +104,36 @@ def perplexity(loss: float | None) -> float | None:
     return math.exp(loss) if loss < 50 else float("inf")
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes in bf16 natively: a CUDA GPU that supports it, or, without an accelerator, a CPU
+    with bf16 instructions (x86 AVX-512 BF16 or AMX, Arm BF16), which oneDNN runs matmuls on at 2-3x the fp32 rate.
+    Elsewhere bf16 autocast is emulated and slower than fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if torch.accelerator.is_available():
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return any(capabilities.get(name, False) for name in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
+
+
+def precision_label(training_args) -> str:
+    """How a stage computed, for its model card; the weights it trains and pushes are fp32 whichever it is."""
+    if training_args.bf16:
+        return "bf16 autocast"
+    return "fp16 autocast" if training_args.fp16 else "fp32"
+
+
 def trainer_defaults(**stage_defaults) -> dict:
-    """Training settings that depend on the machine: bf16 on GPUs that have it, CPU mode without an accelerator,
-    TensorBoard when installed."""
+    """Training settings that depend on the machine: bf16 autocast where it is native (GPU or CPU), CPU mode without
+    an accelerator, TensorBoard when installed."""
     import importlib.util
 
     import torch
 
     defaults = dict(stage_defaults)
-    defaults.setdefault("bf16", torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    defaults.setdefault("bf16", native_bf16())
     # Without an accelerator, Trainer only runs several processes as DDP (gloo) when told it is on the CPU.
     defaults.setdefault("use_cpu", not torch.accelerator.is_available())
     defaults.setdefault("ddp_find_unused_parameters", False)

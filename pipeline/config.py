@@ -51,6 +51,7 @@ SECTIONS = {
     "eval": lambda: (EvalArguments,),
 }
 TOP_LEVEL_KEYS = {f.name for f in fields(RecipeArguments)}
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 class _RaisingParser(HfArgumentParser):
@@ -115,7 +116,7 @@ class Recipe:
     def parse(self, section: str, cli_args: list[str] | None = None, defaults: dict | None = None):
         """The section's dataclasses: the stage's `defaults`, overridden by the recipe, overridden by `cli_args`."""
         asked = self.sections.get(section) or {}
-        values = {**(defaults or {}), **asked}
+        values = {**(defaults or {}), **self._precision(section), **asked}
         cli_keys = {a[2:].split("=")[0] for a in cli_args or [] if a.startswith("--")}
         if "gradient_checkpointing" in {*asked, *cli_keys} and "activation_checkpointing" not in {*asked, *cli_keys}:
             # transformers reads the deprecated alias only while `activation_checkpointing` is unset, so a stage
@@ -144,6 +145,11 @@ class Recipe:
             raise PipelineError(f"{self.path} + command line: section '{section}': {err}") from None
         return parsed
 
+    def _precision(self, section: str) -> dict:
+        if self.run.precision == "auto" or "bf16" not in _known_keys(section):
+            return {}
+        return {"bf16": self.run.precision == "bf16", "fp16": False}
+
     def parse_stage(self, section: str, overrides: list[str], defaults: dict | None = None):
         """The data arguments and the section's dataclasses; command-line flags of data fields go to the data."""
         data_argv, section_argv = _split_argv(overrides, _known_keys("data"))
@@ -159,7 +165,7 @@ class Recipe:
     def fingerprint(self, stage: str, overrides: list[str] = ()) -> str:
         """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran
         with (used to skip finished stages)."""
-        shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")}
+        shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")} | {"precision": self.run.precision}
         return json.dumps({"shared": shared, stage: self.sections.get(stage), "overrides": list(overrides)},
                           sort_keys=True, default=str)
 
@@ -203,6 +209,8 @@ def load_recipe(path: str | os.PathLike) -> Recipe:
                 raise PipelineError(f"{path}: {err}") from None
         elif value is not None and not isinstance(value, str):
             raise PipelineError(f"{path}: '{key}' must be a string, got {value!r}")
+        elif key == "precision" and value not in PRECISIONS:
+            raise PipelineError(f"{path}: precision must be one of {', '.join(PRECISIONS)}, got {value!r}")
     run = RecipeArguments(**top)
     if not run.run_name:
         run.run_name = path.stem

@@ -246,8 +246,11 @@ def format_metrics(metrics: dict, limit: int = 4) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown) or "-"
 
 
-def card_metadata(base_model: str | None, datasets: list[str], recipe_path, metrics: dict, task: str) -> dict:
+def card_metadata(base_model: str | None, datasets: list[str], recipe_path, metrics: dict, task: str,
+                  precision: str | None = None) -> dict:
     meta = {"library_name": "transformers", "tags": ["minichatgpt", "trl"], "pipeline_tag": task}
+    if precision:
+        meta["training_precision"] = precision
     if base_model:
         meta["base_model"] = base_model
     if datasets:

@@ -30,6 +30,7 @@ from pipeline.common import (
     load_tokenizer,
     metrics_table,
     plot_curves,
+    precision_label,
     run_stage,
     trainer_defaults,
 )
@@ -273,7 +274,7 @@ def main(recipe, overrides):
                                        len(eval_prompts)),
                   keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.dialog_sources, recipe.path, metrics,
-                                              "text-generation"))
+                                              "text-generation", precision_label(config)))
     print(f"pushed {target}")
 
 

@@ -30,6 +30,7 @@ from pipeline.common import (
     metrics_table,
     perplexity,
     plot_curves,
+    precision_label,
     resume_checkpoint,
     run_stage,
     trainer_defaults,
@@ -37,6 +38,7 @@ from pipeline.common import (
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
+from pipeline.optimizers import build_optimizer
 
 logger = logging.getLogger("minichatgpt.pretrain")
 
@@ -182,13 +184,15 @@ def trainer_speed_defaults(cuda: bool) -> dict:
     return defaults
 
 
+def stage_defaults() -> dict:
+    """The stage's TrainingArguments defaults, before the recipe's section and the command line."""
+    return trainer_defaults(lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2, eval_strategy="steps",
+                            logging_steps=10, **trainer_speed_defaults(torch.cuda.is_available()))
+
+
 def main(recipe, overrides):
     (shape,) = recipe.parse("model")
-    data_args, stage_args, training_args = recipe.parse_stage(
-        "pretrain", overrides, defaults=trainer_defaults(lr_scheduler_type="cosine", warmup_steps=0.05,
-                                                         save_total_limit=2, eval_strategy="steps", logging_steps=10,
-                                                         **trainer_speed_defaults(torch.cuda.is_available()))
-    )
+    data_args, stage_args, training_args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
     set_seed(training_args.seed)
     check_writable(recipe.run.hub_dir)
     resume = resume_checkpoint(training_args, recipe.fingerprint("pretrain", overrides))
@@ -225,6 +229,7 @@ def main(recipe, overrides):
         data_collator=default_data_collator,
         processing_class=tokenizer,
         callbacks=[throughput],
+        optimizers=(build_optimizer(stage_args.optimizer, model, training_args), None),
     )
     start = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
@@ -273,7 +278,8 @@ with the tokenizer `{recipe.hub_name('tokenizer')}`.
                             "fingerprint": recipe.fingerprint("pretrain", overrides)},
                   card_body=body,
                   keep_revisions=recipe.run.keep_revisions,
-                  card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation"))
+                  card_metadata=card_metadata(None, data_args.text_sources, recipe.path, metrics, "text-generation",
+                                              precision_label(training_args)))
     print(f"pushed {target}")
 
 

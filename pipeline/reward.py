@@ -16,6 +16,7 @@ from pipeline.common import (
     load_tokenizer,
     metrics_table,
     plot_curves,
+    precision_label,
     run_stage,
     trainer_defaults,
 )
@@ -142,7 +143,8 @@ print(score(text)[0]["score"])
                   card_body=body,
                   keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.preference_sources or data_args.dialog_sources,
-                                              recipe.path, metrics, "text-classification"))
+                                              recipe.path, metrics, "text-classification",
+                                              precision_label(training_args)))
     print(f"pushed {target}")
 
 

@@ -18,6 +18,7 @@ from pipeline.common import (
     metrics_table,
     perplexity,
     plot_curves,
+    precision_label,
     resume_checkpoint,
     run_stage,
     trainer_defaults,
@@ -146,7 +147,7 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
                   card_body=body,
                   keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(base_path, data_args.dialog_sources, recipe.path, metrics,
-                                              "text-generation"))
+                                              "text-generation", precision_label(training_args)))
     print(f"pushed {target}")
 
 
