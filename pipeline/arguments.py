@@ -173,6 +173,14 @@ class PPOArguments:
 
 
 @dataclass
+class DPOArguments:
+    max_pairs: int | None = field(
+        default=None, metadata={"help": "Cap on training pairs; default: reward.max_pairs. The pairs are the reward "
+                                "stage's, built from its rejected_kinds, rejected_weights and context turns."}
+    )
+
+
+@dataclass
 class EvalArguments:
     max_prompts: int = field(
         default=500, metadata={"help": "Held-out prompts decoded per policy and strategy, sampled over all held-out "

@@ -17,6 +17,7 @@ from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 
 from pipeline.arguments import (
     DataArguments,
+    DPOArguments,
     EvalArguments,
     ModelShapeArguments,
     PPOArguments,
@@ -49,7 +50,7 @@ SECTIONS = {
     "sft": lambda: (SFTArguments, SFTConfig, ModelConfig),
     "reward": lambda: (RewardArguments, RewardConfig),
     "ppo": lambda: (PPOArguments, _ppo_config_class()),
-    "dpo": lambda: (DPOConfig,),
+    "dpo": lambda: (DPOArguments, DPOConfig),
     "eval": lambda: (EvalArguments,),
 }
 TOP_LEVEL_KEYS = {f.name for f in fields(RecipeArguments)}

@@ -58,7 +58,7 @@ def preference_report(policy, reference, tokenizer, pairs, beta: float) -> dict:
 
 
 def main(recipe, overrides):
-    data_args, config = recipe.parse_stage(
+    data_args, stage_args, config = recipe.parse_stage(
         "dpo", overrides,
         defaults=trainer_defaults(lr_scheduler_type="cosine", warmup_steps=0.05, save_strategy="no",
                                   eval_strategy="no", logging_steps=10, learning_rate=1e-5),
@@ -78,7 +78,8 @@ def main(recipe, overrides):
     train_pairs, eval_pairs, how = preference_splits(data_args, reward_args.rejected_kinds,
                                                      reward_args.rejected_weights,
                                                      recipe.reward_context_turns(reward_args), reward_config.seed,
-                                                     reward_args.max_pairs, reward_args.eval_pairs,
+                                                     stage_args.max_pairs or reward_args.max_pairs,
+                                                     reward_args.eval_pairs,
                                                      built_per_preference=reward_args.built_per_preference)
     print(f"dpo data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
