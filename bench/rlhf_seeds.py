@@ -1,18 +1,20 @@
-"""RL over seeds: runs the real RL stage (pipeline/ppo.py) from the same SFT and reward models with several seeds for
-each algorithm, evaluates every resulting policy on the held-out dialogs, and prints the numbers per seed and as
-mean ± std, so that a gain over SFT can be told from noise.
+"""RL over seeds: runs the real RL stage (pipeline/ppo.py) or the DPO stage (pipeline/dpo.py) from the same SFT and
+reward models with several seeds for each algorithm, evaluates every resulting policy on the held-out dialogs, and
+prints the numbers per seed and as mean ± std, so that a gain over SFT can be told from noise.
 
     python bench/rlhf_seeds.py                                                # after the quickstart run
     python bench/rlhf_seeds.py --recipe recipes/smoke.yaml --seeds 2 --algorithms rloo --json seeds.json
-    python bench/rlhf_seeds.py --algorithms rloo --first_seed 4                # seeds 4, 5, 6
+    python bench/rlhf_seeds.py --algorithms rloo grpo dpo --first_seed 4       # seeds 4, 5, 6
 
-Each run is `pipeline/ppo.py --seed S --algorithm A` on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose
-hub is {output_root}/{run}/rlhf_seeds/hub (the run's SFT and reward models linked in), so the run's own hub is never
+Each run is `pipeline/ppo.py --seed S --algorithm A` (for dpo: `pipeline/dpo.py --seed S`, its `dpo:` section or
+DPOConfig's defaults) on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose hub is
+{output_root}/{run}/rlhf_seeds/hub (the run's SFT and reward models linked in), so the run's own hub is never
 written. Per policy, on every held-out prompt (greedy replies, eval.max_new_tokens; `--prompts` for fewer):
 reward-model win rate against SFT, next-reply recall@1 of 10 under the policy's likelihood (`--ranking_contexts`),
 reply specificity and echo rate under an independent sentence-embedding model, the specificity gain over SFT on the
 same prompts with its standard error (paired: one seed's gain is noise unless it is well above that), repeated-3-gram
-rate, distinct-2, reply length in words, and the final KL to SFT the stage logged.
+rate, distinct-2, reply length in words, and the final KL to SFT the RL stage logged (n/a for dpo, which samples
+nothing).
 """
 
 import argparse
@@ -35,6 +37,7 @@ from pipeline.errors import PipelineError
 from pipeline.generation import generate_reply_ids, scored_replies
 
 ROOT = Path(__file__).resolve().parent.parent
+RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 FIELDS = ("win_rate", "recall_at_1", "specificity", "specificity_gain", "specificity_gain_se", "echo_rate",
           "repeated_3gram", "distinct_2", "reply_words", "final_kl")
 
@@ -57,13 +60,16 @@ def seed_recipe(recipe, work: Path, algorithm: str, seed: int) -> Path:
     return path
 
 
-def run_stage(recipe_path: Path, algorithm: str, seed: int):
-    command = [sys.executable, str(ROOT / "pipeline" / "ppo.py"), "--config", str(recipe_path), "--seed", str(seed),
-               "--algorithm", algorithm]
+def run_stage(recipe_path: Path, algorithm: str, seed: int) -> str:
+    """Train one policy; returns the stage whose hub folder holds it."""
+    stage = "dpo" if algorithm == "dpo" else "ppo"
+    command = [sys.executable, str(ROOT / "pipeline" / f"{stage}.py"), "--config", str(recipe_path), "--seed", str(seed),
+               *(["--algorithm", algorithm] if stage == "ppo" else [])]
     print("$ " + " ".join(command), flush=True)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise PipelineError(f"{algorithm} seed {seed} failed:\n{result.stderr.strip()[-2000:]}")
+    return stage
 
 
 class Evaluator:
@@ -145,7 +151,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="seeds per algorithm, counted from --first_seed")
     parser.add_argument("--first_seed", type=int, default=1,
                         help="start the seeds here (e.g. 4 with --seeds 3 to confirm a setting chosen on seeds 1-3)")
-    parser.add_argument("--algorithms", nargs="+", choices=("ppo", "rloo"), default=["ppo", "rloo"])
+    parser.add_argument("--algorithms", nargs="+", choices=(*RL_ALGORITHMS, "dpo"), default=["ppo", "rloo"],
+                        help="RL algorithms (ppo.algorithm) and dpo, the DPO stage")
     parser.add_argument("--prompts", type=int, default=None,
                         help="held-out prompts per policy, all by default (on the quickstart's 1,909 the standard "
                              "error of a specificity gain is about 0.01; on its first 200, about 0.04)")
@@ -162,8 +169,8 @@ def main():
             rows = []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 path = seed_recipe(recipe, work, algorithm, seed)
-                run_stage(path, algorithm, seed)
-                rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{path.stem}-ppo")})
+                stage = run_stage(path, algorithm, seed)
+                rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{path.stem}-{stage}")})
                 print(f"{algorithm} seed {seed}: " + ", ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
             mean, std = summary(rows)
             report[algorithm] = {"seeds": rows, "mean": mean, "std": std}

@@ -106,6 +106,25 @@ def render_markdown(report: dict) -> str:
         "|---|---|---|---|",
         *[f"| {s} | {pm(row, 'sft_mean_reward')} | {pm(row, 'ppo_mean_reward')} | {pm(row, 'ppo_win_rate', 2)} |"
           for s, row in policies.items()],
+    ]
+    if "sft_vs_dpo" in report:
+        lines += [
+            "",
+            "## DPO vs SFT",
+            "",
+            "The DPO model (`pipeline/dpo.py`: trained on the reward stage's preference pairs, no reward model, no "
+            "sampling) against SFT on the same prompts and decodings: the independent judges, its form, and the "
+            "reward model's verdict, which DPO never trained on.",
+            "",
+            "| decoding | SFT specificity | DPO specificity | gain | DPO echo rate | DPO distinct-2 | DPO mean words "
+            "| DPO win rate |",
+            "|---|---|---|---|---|---|---|---|",
+            *[f"| {s} | {pm(row, 'sft_specificity')} | {pm(row, 'dpo_specificity')} | "
+              f"{row['specificity_gain']:+.3f} ± {row['specificity_gain_se']:.3f} | {pm(row, 'dpo_echo_rate')} | "
+              f"{pm(row, 'dpo_distinct_2')} | {pm(row, 'dpo_mean_words', 1)} | {pm(row, 'dpo_win_rate', 2)} |"
+              for s, row in report["sft_vs_dpo"].items()],
+        ]
+    lines += [
         "",
         "## Perplexity",
         "",

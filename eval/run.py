@@ -28,7 +28,8 @@ from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.eval")
 
-STAGES = ("sft", "ppo")
+# The policies compared with SFT: the RL model, and the DPO model when the recipe made one.
+POLICIES = ("ppo", "dpo")
 # Greedy and beam search with the evaluation's settings; `sample` (the chat's default) and `mmi` decode as chat.py
 # does, from the model's generation_config.json.
 CHAT_STRATEGIES = ("sample", "mmi")
@@ -73,35 +74,39 @@ def decoded_reply_ids(model, tokenizer, prompts, strategy: str, settings: dict, 
 
 def compare_policies(models: dict, reward_model, tokenizer, prompts, human_replies, max_prompt_tokens,
                      max_new_tokens, args) -> tuple[dict, dict]:
-    """Per decoding: each policy's replies judged by the independent judges (specificity and echo rate, with the
-    paired specificity gain of the RL model over SFT), by their form, and by the reward model, which scores each
-    reply as it was generated (a reply cut off by the length limit has no end of turn)."""
+    """Per policy other than SFT and per decoding: SFT's and the policy's replies judged by the independent judges
+    (specificity and echo rate, with the paired specificity gain of the policy over SFT), by their form, and by the
+    reward model, which scores each reply as it was generated (a reply cut off by the length limit has no end of
+    turn). SFT decodes once for all of them."""
     strategies = {
         "greedy": {"do_sample": False, "repetition_penalty": 1.0},
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
         **{strategy: {} for strategy in CHAT_STRATEGIES},
     }
-    replies, rows = {}, {}
+    replies, rows = {}, {policy: {} for policy in models if policy != "sft"}
     for strategy, settings in strategies.items():
-        row, scores, specificity = {}, {}, {}
-        for stage in STAGES:
+        judged, scores, specificity = {}, {}, {}
+        for stage, model in models.items():
             set_seed(args.seed)
-            prompt_ids, reply_ids = decoded_reply_ids(models[stage], tokenizer, prompts, strategy, settings,
+            prompt_ids, reply_ids = decoded_reply_ids(model, tokenizer, prompts, strategy, settings,
                                                       max_prompt_tokens, max_new_tokens)
             texts, scores[stage] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
             replies[(stage, strategy)] = texts
-            judged = reply_specificity(prompts, texts, human_replies, per_reply=True)
-            specificity[stage] = judged["scores"]
-            row.update({f"{stage}_specificity": judged["specificity"], f"{stage}_specificity_se": judged["specificity_se"],
-                        f"{stage}_echo_rate": judged["echo_rate"], f"{stage}_echo_rate_se": judged["echo_rate_se"],
-                        **{f"{stage}_{k}": v for k, v in reply_stats(texts).items()}})
-        gains = [p - s for p, s in zip(specificity["ppo"], specificity["sft"])]
-        wins = load_metric("win_rate").compute(predictions=scores["ppo"], references=scores["sft"])
-        rows[strategy] = {"specificity_gain": statistics.fmean(gains), "specificity_gain_se": standard_error(gains),
-                          "ppo_win_rate": wins["win_rate"], "ppo_win_rate_se": wins["win_rate_se"],
-                          "ppo_mean_reward": wins["mean_score_a"], "ppo_mean_reward_se": wins["mean_score_a_se"],
-                          "sft_mean_reward": wins["mean_score_b"], "sft_mean_reward_se": wins["mean_score_b_se"],
-                          **row}
+            result = reply_specificity(prompts, texts, human_replies, per_reply=True)
+            specificity[stage] = result["scores"]
+            judged[stage] = {f"{stage}_specificity": result["specificity"],
+                             f"{stage}_specificity_se": result["specificity_se"],
+                             f"{stage}_echo_rate": result["echo_rate"], f"{stage}_echo_rate_se": result["echo_rate_se"],
+                             **{f"{stage}_{k}": v for k, v in reply_stats(texts).items()}}
+        for policy in rows:
+            gains = [p - s for p, s in zip(specificity[policy], specificity["sft"])]
+            wins = load_metric("win_rate").compute(predictions=scores[policy], references=scores["sft"])
+            rows[policy][strategy] = {
+                "specificity_gain": statistics.fmean(gains), "specificity_gain_se": standard_error(gains),
+                f"{policy}_win_rate": wins["win_rate"], f"{policy}_win_rate_se": wins["win_rate_se"],
+                f"{policy}_mean_reward": wins["mean_score_a"], f"{policy}_mean_reward_se": wins["mean_score_a_se"],
+                "sft_mean_reward": wins["mean_score_b"], "sft_mean_reward_se": wins["mean_score_b_se"],
+                **judged["sft"], **judged[policy]}
     return rows, replies
 
 
@@ -122,7 +127,9 @@ def main(recipe, overrides):
     data_args, args = recipe.parse_stage("eval", overrides)
     out = Path(recipe.output_dir("eval"))
     out.mkdir(parents=True, exist_ok=True)
-    paths = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo")}
+    paths = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo", "dpo")
+             if stage != "dpo" or recipe.hub_path(stage).is_dir()}
+    policies = [stage for stage in POLICIES if stage in paths]
     report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in paths.items()},
               "library_versions": library_versions(),
               "rl_algorithm": read_metadata(paths["ppo"]).get("algorithm", "ppo")}
@@ -146,7 +153,7 @@ def main(recipe, overrides):
     report["perplexity"] = {
         stage: {"held_out_text": perplexity_row(paths[stage], texts),
                 "held_out_replies": perplexity_row(paths[stage], [f"{r}<|end|>" for r in human_replies], contexts)}
-        for stage in ("pretrain", "sft")
+        for stage in ("pretrain", "sft", *(["dpo"] if "dpo" in paths else []))
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
     _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
@@ -156,15 +163,17 @@ def main(recipe, overrides):
 
     budget = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings - args.max_new_tokens
     models = {stage: load_model(paths[stage], AutoModelForCausalLM, f"{stage} model", tokenizer=tokenizer)
-              for stage in STAGES}
-    report["sft_vs_ppo"], replies = compare_policies(models, reward_model, tokenizer, prompts, human_replies, budget,
-                                                     args.max_new_tokens, args)
+              for stage in ("sft", *policies)}
+    comparisons, replies = compare_policies(models, reward_model, tokenizer, prompts, human_replies, budget,
+                                            args.max_new_tokens, args)
+    for policy, comparison in comparisons.items():
+        report[f"sft_vs_{policy}"] = comparison
     report["next_reply_ranking"] = {stage: next_reply_recall(paths[stage], tokenizer, rows)
-                                    for stage in ("pretrain", "sft", "ppo")}
+                                    for stage in ("pretrain", "sft", *policies)}
     strategies = list(report["sft_vs_ppo"])
     report["samples"] = [
         {"prompt": p[-1]["content"], **{f"{stage}_{strategy}": replies[(stage, strategy)][i]
-                                        for stage in STAGES for strategy in strategies}}
+                                        for stage in models for strategy in strategies}}
         for i, p in enumerate(prompts[:8])
     ]
     report["plots"] = write_plots(paths, out)
@@ -172,28 +181,33 @@ def main(recipe, overrides):
     (out / "report.md").write_text(render_markdown(report), encoding="utf-8")
     update_model_cards(recipe, report)
 
-    policies, ranking = report["sft_vs_ppo"], report["next_reply_ranking"]
+    rl, ranking = report["sft_vs_ppo"], report["next_reply_ranking"]
     print(f"report: {out / 'report.md'}")
     print(f"SFT vs base reply perplexity: {report['perplexity']['sft']['held_out_replies']['perplexity']:.1f} vs "
           f"{report['perplexity']['pretrain']['held_out_replies']['perplexity']:.1f}; reward accuracy "
           f"{report['reward_model']['accuracy']:.3f}; next-reply recall@1 SFT {ranking['sft']['recall_at_1']:.2f}; "
-          f"specificity of the chat default (sample) SFT {policies['sample']['sft_specificity']:.3f}, RL "
-          f"{policies['sample']['ppo_specificity']:.3f} (gain {policies['sample']['specificity_gain']:+.3f} ± "
-          f"{policies['sample']['specificity_gain_se']:.3f}, {len(prompts)} prompts)")
+          f"specificity of the chat default (sample) SFT {rl['sample']['sft_specificity']:.3f}, RL "
+          f"{rl['sample']['ppo_specificity']:.3f} (gain {rl['sample']['specificity_gain']:+.3f} ± "
+          f"{rl['sample']['specificity_gain_se']:.3f}, {len(prompts)} prompts)")
+    if "sft_vs_dpo" in report:
+        dpo = report["sft_vs_dpo"]["sample"]
+        print(f"DPO: specificity {dpo['dpo_specificity']:.3f} (gain {dpo['specificity_gain']:+.3f} ± "
+              f"{dpo['specificity_gain_se']:.3f}), reward-model win rate over SFT {dpo['dpo_win_rate']:.2f}")
 
 
 def update_model_cards(recipe, report: dict):
     """The evaluation's numbers in each model card's `model-index`, as a new revision of the model."""
-    ranking, policies, perplexity = report["next_reply_ranking"], report["sft_vs_ppo"], report["perplexity"]
+    ranking, perplexity = report["next_reply_ranking"], report["perplexity"]
     cards = {
         "pretrain": {**{f"{k}_perplexity": v["perplexity"] for k, v in perplexity["pretrain"].items()},
                      "next_reply_recall_at_1": ranking["pretrain"]["recall_at_1"]},
         "sft": {**{f"{k}_perplexity": v["perplexity"] for k, v in perplexity["sft"].items()},
                 "next_reply_recall_at_1": ranking["sft"]["recall_at_1"]},
         "reward": {"pairwise_accuracy": report["reward_model"]["accuracy"]},
-        "ppo": {**{f"{s}_{k}": v for s, row in policies.items() for k, v in row.items()
-                   if k.startswith("ppo_") and not k.endswith("_se")},
-                "next_reply_recall_at_1": ranking["ppo"]["recall_at_1"]},
+        **{policy: {**{f"{s}_{k}": v for s, row in report[f"sft_vs_{policy}"].items() for k, v in row.items()
+                       if k.startswith(f"{policy}_") and not k.endswith("_se")},
+                    "next_reply_recall_at_1": ranking[policy]["recall_at_1"]}
+           for policy in POLICIES if f"sft_vs_{policy}" in report},
     }
     for stage, metrics in cards.items():
         add_evaluation(recipe.run.hub_dir, recipe.hub_name(stage), metrics, keep_revisions=recipe.run.keep_revisions)

@@ -130,12 +130,22 @@ class PPOArguments:
     compare_prompts: int = field(default=64, metadata={"help": "Held-out prompts for the final SFT vs PPO comparison."})
     guard_prompts: int = field(default=32, metadata={"help": "Fixed prompts decoded at each log to watch for collapse."})
     max_kl: float = field(default=20.0, metadata={"help": "Stop when the KL to the SFT policy exceeds this."})
-    algorithm: Literal["ppo", "rloo"] = field(
+    algorithm: Literal["ppo", "rloo", "grpo"] = field(
         default="ppo", metadata={"help": "ppo: trl.experimental.ppo.PPOTrainer; rloo: trl.RLOOTrainer (REINFORCE with a "
-                                 "leave-one-out baseline, no value model). Both push {run_name}-ppo."}
+                                 "leave-one-out baseline, no value model); grpo: trl.GRPOTrainer (advantages "
+                                 "standardised within each prompt's group of replies, no value model). All push "
+                                 "{run_name}-ppo."}
     )
     rloo_num_generations: int = field(
         default=4, metadata={"help": "RLOO: replies sampled per prompt; each is judged against the mean of the others."}
+    )
+    grpo_num_generations: int = field(
+        default=4, metadata={"help": "GRPO: replies sampled per prompt; each is judged against the group's mean and "
+                             "standard deviation."}
+    )
+    grpo_loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = field(
+        default="dapo", metadata={"help": "GRPO: GRPOConfig.loss_type, how token losses are averaged (dapo: over the "
+                                  "batch's reply tokens; grpo: per reply, then over replies; dr_grpo: by a constant)."}
     )
     reward_model_weight: float = field(default=1.0, metadata={"help": "Weight of the reward model's score."})
     normalize_reward_model: bool = field(
@@ -164,6 +174,14 @@ class PPOArguments:
     )
     kl_adapt_rate: float = field(
         default=0.1, metadata={"help": "Largest relative change of kl_coef per log step under kl_target."}
+    )
+
+
+@dataclass
+class DPOArguments:
+    max_pairs: int | None = field(
+        default=None, metadata={"help": "Cap on training pairs; default: reward.max_pairs. The pairs are the reward "
+                                "stage's, built from its rejected_kinds, rejected_weights and context turns."}
     )
 
 

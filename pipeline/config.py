@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
-from trl import ModelConfig, RewardConfig, SFTConfig
+from trl import DPOConfig, ModelConfig, RewardConfig, SFTConfig
 
 from pipeline.arguments import (
     DataArguments,
+    DPOArguments,
     EvalArguments,
     ModelShapeArguments,
     PPOArguments,
@@ -29,9 +30,10 @@ from pipeline.arguments import (
 from pipeline.errors import PipelineError
 from pipeline.hub import check_keep_revisions, check_name, hub_path
 
-STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo")
-
-
+# dpo runs only for a recipe with a `dpo:` section (Recipe.stages); it needs the SFT model and the reward stage's
+# pair settings, not the RL stage.
+STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
+OPTIONAL_STAGES = ("dpo",)
 
 def _ppo_config_class():
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -48,6 +50,7 @@ SECTIONS = {
     "sft": lambda: (SFTArguments, SFTConfig, ModelConfig),
     "reward": lambda: (RewardArguments, RewardConfig),
     "ppo": lambda: (PPOArguments, _ppo_config_class()),
+    "dpo": lambda: (DPOArguments, DPOConfig),
     "eval": lambda: (EvalArguments,),
 }
 TOP_LEVEL_KEYS = {f.name for f in fields(RecipeArguments)}
@@ -103,6 +106,11 @@ class Recipe:
     @property
     def run_name(self) -> str:
         return self.run.run_name
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages this recipe runs, in order: the optional ones only when it has their section."""
+        return tuple(s for s in STAGES if s not in OPTIONAL_STAGES or s in self.sections)
 
     def hub_name(self, stage: str) -> str:
         return f"{self.run_name}-{'base' if stage == 'pretrain' else stage}"
@@ -166,6 +174,11 @@ class Recipe:
         """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran
         with (used to skip finished stages)."""
         shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")} | {"precision": self.run.precision}
+        if stage == "dpo":
+            # DPO trains on the reward stage's pairs, made from its section and the contexts it scores.
+            reward = self.sections.get("reward") or {}
+            shared["pairs"] = {**reward, "context_turns": self.reward_context_turns(
+                RewardArguments(context_turns=reward.get("context_turns")))}
         return json.dumps({"shared": shared, stage: self.sections.get(stage), "overrides": list(overrides)},
                           sort_keys=True, default=str)
 

@@ -1,4 +1,4 @@
-"""What the RL stage watches at every log, for PPO and RLOO alike: non-finite values and runaway KL stop the run;
+"""What the RL stage watches at every log, for PPO, RLOO and GRPO alike: non-finite values and runaway KL stop the run;
 reward rising while the replies to fixed prompts lose diversity, collapse to a few strings or loop is flagged; and a
 KL budget adapts the KL coefficient."""
 
@@ -15,9 +15,10 @@ logger = logging.getLogger("minichatgpt.ppo")
 
 
 def rl_log_values(logs: dict) -> tuple[float, float] | None:
-    """(mean reward, mean KL to the SFT policy per reply) of a training log of either trainer, or None for other logs:
-    PPOTrainer logs `objective/scores` and the summed `objective/kl`; RLOOTrainer logs `reward` and a per-token `kl`,
-    which times `completions/mean_length` is the same summed estimate (log p_policy - log p_SFT over the reply)."""
+    """(mean reward, mean KL to the SFT policy per reply) of a training log of any of the trainers, or None for other
+    logs: PPOTrainer logs `objective/scores` and the summed `objective/kl`; RLOOTrainer and GRPOTrainer log `reward` and
+    a per-token `kl`, which times `completions/mean_length` is the same summed estimate (log p_policy - log p_SFT
+    over the reply)."""
     if "objective/scores" in logs:
         return logs["objective/scores"], logs["objective/kl"]
     if "reward" in logs and "kl" in logs:
@@ -126,7 +127,7 @@ class AdaptiveKL(TrainerCallback):
     """The KL budget: after each training log, the KL coefficient grows when the KL to the SFT policy is above
     `target` and shrinks when below, by at most `rate` of itself (the proportional controller of Ziegler et al.,
     2019). `read` and `write` reach the trainer's coefficient: PPOTrainer reads `args.kl_coef` at every rollout,
-    RLOOTrainer `trainer.beta`."""
+    RLOOTrainer and GRPOTrainer `trainer.beta`."""
 
     def __init__(self, target: float, rate: float, read, write):
         self.target, self.rate, self.read, self.write = target, rate, read, write

@@ -1,8 +1,8 @@
-"""RLHF: PPO (trl.experimental.ppo.PPOTrainer, trl==1.12.0) or RLOO (trl.RLOOTrainer) moves the SFT policy toward a
-higher composite reward (reward model + repetition, end-of-turn and relevance terms, pipeline/rewards.py) under a KL
-leash; pushes {hub_dir}/{run_name}-ppo, the chat model, whichever the algorithm.
+"""RLHF: PPO (trl.experimental.ppo.PPOTrainer, trl==1.12.0), RLOO (trl.RLOOTrainer) or GRPO (trl.GRPOTrainer) moves
+the SFT policy toward a higher composite reward (reward model + repetition, end-of-turn and relevance terms,
+pipeline/rewards.py) under a KL leash; pushes {hub_dir}/{run_name}-ppo, the chat model, whichever the algorithm.
 
-    accelerate launch pipeline/ppo.py --config recipes/smoke.yaml [--algorithm rloo --seed 1 --kl_coef 0.1]
+    accelerate launch pipeline/ppo.py --config recipes/smoke.yaml [--algorithm grpo --seed 1 --kl_coef 0.1]
 """
 
 import logging
@@ -20,7 +20,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from trl import RLOOConfig, RLOOTrainer
+from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
@@ -111,23 +111,33 @@ def warm_up_reward_scale(composite: CompositeReward, policy, tokenizer, prompts:
     return mean, std
 
 
-def rloo_config(config, stage_args, reward_weights: list[float]) -> RLOOConfig:
-    """RLOO's settings from the same `ppo` section: the training arguments as they are, and PPO's knobs under their
-    RLOO names. Both count `total_episodes` as replies sampled; a batch of replies is used num_ppo_epochs times."""
+# The trainers that sample a group of replies per prompt and take their baseline from the group: (config class,
+# trainer class). Both read reward functions over conversations and count steps alike.
+GROUP_TRAINERS = {"rloo": (RLOOConfig, RLOOTrainer), "grpo": (GRPOConfig, GRPOTrainer)}
+
+
+def group_config(config, stage_args, reward_weights: list[float]) -> RLOOConfig | GRPOConfig:
+    """RLOO's or GRPO's settings from the same `ppo` section: the training arguments as they are, and PPO's knobs
+    under their names there. All count `total_episodes` as replies sampled; a batch of replies is used
+    num_ppo_epochs times."""
+    algorithm = stage_args.algorithm
+    num_generations = getattr(stage_args, f"{algorithm}_num_generations")
     replies_per_batch = (config.per_device_train_batch_size * config.gradient_accumulation_steps
                          * PartialState().num_processes)
-    if replies_per_batch % stage_args.rloo_num_generations:
-        raise PipelineError(f"ppo.rloo_num_generations ({stage_args.rloo_num_generations}) must divide the replies "
-                            f"per batch, per_device_train_batch_size x gradient_accumulation_steps x processes "
+    if replies_per_batch % num_generations:
+        raise PipelineError(f"ppo.{algorithm}_num_generations ({num_generations}) must divide the replies per batch, "
+                            f"per_device_train_batch_size x gradient_accumulation_steps x processes "
                             f"({replies_per_batch})")
     if config.kl_coef <= 0:
-        raise PipelineError("ppo.kl_coef must be above 0 with algorithm rloo: its KL to the SFT policy is only "
+        raise PipelineError(f"ppo.kl_coef must be above 0 with algorithm {algorithm}: its KL to the SFT policy is only "
                             "measured when it is penalised, and the guards watch it")
     training = {f.name: getattr(config, f.name) for f in fields(TrainingArguments) if f.init}
     training["max_steps"] = math.ceil(config.total_episodes / replies_per_batch) * config.num_ppo_epochs
-    return RLOOConfig(**training, beta=config.kl_coef, max_completion_length=config.response_length,
-                      temperature=config.temperature, top_k=0, num_generations=stage_args.rloo_num_generations,
-                      num_iterations=config.num_ppo_epochs, epsilon=config.cliprange, reward_weights=reward_weights)
+    own = {"loss_type": stage_args.grpo_loss_type} if algorithm == "grpo" else {}
+    return GROUP_TRAINERS[algorithm][0](
+        **training, **own, beta=config.kl_coef, max_completion_length=config.response_length,
+        temperature=config.temperature, top_k=0, num_generations=num_generations,
+        num_iterations=config.num_ppo_epochs, epsilon=config.cliprange, reward_weights=reward_weights)
 
 
 def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, train_prompts, eval_prompts,
@@ -149,16 +159,15 @@ def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, tra
     return trainer, (lambda: trainer.args.kl_coef, lambda value: setattr(trainer.args, "kl_coef", value))
 
 
-def build_rloo(config, stage_args, tokenizer, policy, ref_policy, composite, train_prompts, max_prompt_tokens,
-               guards):
-    """RLOOTrainer on conversations, one reward function per part of the composite; returns the trainer and the way
-    to read and write its KL coefficient."""
+def build_group(config, stage_args, tokenizer, policy, ref_policy, composite, train_prompts, max_prompt_tokens,
+                guards):
+    """RLOOTrainer or GRPOTrainer on conversations, one reward function per part of the composite; returns the
+    trainer and the way to read and write its KL coefficient (both read `beta` at every loss)."""
     reward_funcs, reward_weights = rloo_reward_funcs(composite)
-    trainer = RLOOTrainer(model=policy, reward_funcs=reward_funcs,
-                          args=rloo_config(config, stage_args, reward_weights),
-                          train_dataset=Dataset.from_dict(
-                              {"prompt": fit_conversations(tokenizer, train_prompts, max_prompt_tokens)}),
-                          processing_class=tokenizer, callbacks=[guards])
+    trainer = GROUP_TRAINERS[stage_args.algorithm][1](
+        model=policy, reward_funcs=reward_funcs, args=group_config(config, stage_args, reward_weights),
+        train_dataset=Dataset.from_dict({"prompt": fit_conversations(tokenizer, train_prompts, max_prompt_tokens)}),
+        processing_class=tokenizer, callbacks=[guards])
     for model in (ref_policy, composite.reward_model):
         model.to(trainer.accelerator.device)
     return trainer, (lambda: trainer.beta, lambda value: setattr(trainer, "beta", value))
@@ -203,8 +212,8 @@ def main(recipe, overrides):
     if not train_prompts or not eval_prompts:
         raise PipelineError("no prompts: the dialogs have no user turn followed by an assistant reply")
 
-    # PPO's end-of-turn penalty is PPOConfig's own missing_eos_penalty, applied by PPOTrainer; RLOO gets the same
-    # rule from the composite with that weight.
+    # PPO's end-of-turn penalty is PPOConfig's own missing_eos_penalty, applied by PPOTrainer; RLOO and GRPO get the
+    # same rule from the composite with that weight.
     composite = CompositeReward(
         reward_model, ref_policy, tokenizer, end_token_id=tokenizer.eos_token_id,
         weights={"reward_model": stage_args.reward_model_weight, "repetition": stage_args.repetition_weight,
@@ -220,8 +229,8 @@ def main(recipe, overrides):
         trainer, kl_coef = build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, train_prompts,
                                      eval_prompts, max_prompt_tokens, guards)
     else:
-        trainer, kl_coef = build_rloo(config, stage_args, tokenizer, policy, ref_policy, composite, train_prompts,
-                                      max_prompt_tokens, guards)
+        trainer, kl_coef = build_group(config, stage_args, tokenizer, policy, ref_policy, composite, train_prompts,
+                                       max_prompt_tokens, guards)
     print(f"{stage_args.algorithm} data: {len(trainer.train_dataset)} training prompts, {len(eval_prompts)} held-out "
           "prompts")
     if stage_args.kl_target is not None:
@@ -281,8 +290,12 @@ def main(recipe, overrides):
 def model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes, eval_prompts) -> str:
     sample_rows = "\n".join(f"| {p} | {s} | {q} |" for p, s, q in samples[:8])
     guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
-    trainer_name = ("PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)" if stage_args.algorithm == "ppo" else
-                    f"RLOO (TRL `trl.RLOOTrainer`, {stage_args.rloo_num_generations} replies per prompt)")
+    trainer_name = {
+        "ppo": "PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)",
+        "rloo": f"RLOO (TRL `trl.RLOOTrainer`, {stage_args.rloo_num_generations} replies per prompt)",
+        "grpo": f"GRPO (TRL `trl.GRPOTrainer`, {stage_args.grpo_num_generations} replies per prompt, loss "
+                f"`{stage_args.grpo_loss_type}`)",
+    }[stage_args.algorithm]
     weights = ", ".join(f"{part} {weight}" for part, weight in composite.weights.items())
     scale = (f"standardised by mean {composite.reward_model_scale[0]:.3f} and std {composite.reward_model_scale[1]:.3f} "
              f"of {stage_args.reward_scale_rollouts} warm-up rollouts" if composite.reward_model_scale else "raw")

@@ -1,5 +1,5 @@
-"""The RL stage's reward, one definition for PPO and RLOO: the reward model's score plus parts that are computed, not
-learned, so that a policy cannot buy reward-model score with loops, endless replies or replies to nothing:
+"""The RL stage's reward, one definition for PPO, RLOO and GRPO: the reward model's score plus parts that are
+computed, not learned, so that a policy cannot buy reward-model score with loops, endless replies or replies to nothing:
 
 - `reward_model`: the reward model's score of the whole conversation, optionally standardised by its mean and spread
   over warm-up rollouts of the SFT policy (`set_reward_model_scale`), so the other weights are in units of that
@@ -142,7 +142,7 @@ class _CompositeBackbone(torch.nn.Module):
 
 
 class _RLOOPart:
-    """One part of the composite as an RLOOTrainer reward function; RLOO logs it as `rewards/<part>/mean`."""
+    """One part of the composite as an RLOOTrainer or GRPOTrainer reward function, logged as `rewards/<part>/mean`."""
 
     def __init__(self, composite: CompositeReward, name: str):
         self.composite, self.__name__ = composite, name
@@ -154,6 +154,7 @@ class _RLOOPart:
 
 
 def rloo_reward_funcs(composite: CompositeReward) -> tuple[list, list[float]]:
-    """`reward_funcs` and `reward_weights` for `trl.RLOOTrainer`: one function per weighted part of the composite."""
+    """`reward_funcs` and `reward_weights` for `trl.RLOOTrainer` and `trl.GRPOTrainer`: one function per weighted part
+    of the composite."""
     names = list(composite.weights)
     return [_RLOOPart(composite, name) for name in names], [composite.weights[name] for name in names]

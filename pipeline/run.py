@@ -1,6 +1,8 @@
-"""From nothing to a chatbot: tokenizer -> pretrain -> SFT -> reward -> PPO -> evaluation, in order.
+"""From nothing to a chatbot: tokenizer -> pretrain -> SFT -> reward -> PPO [-> DPO] -> evaluation, in order.
 
     python pipeline/run.py --config recipes/quickstart.yaml [--force sft]
+
+DPO runs only for a recipe with a `dpo:` section.
 
 A stage whose hub folder exists and was made from the same recipe settings is skipped; --force STAGE redoes that
 stage and every stage after it; an interrupted stage resumes from its last checkpoint when run again, or starts
@@ -26,6 +28,7 @@ SCRIPTS = {
     "sft": "pipeline/sft.py",
     "reward": "pipeline/reward.py",
     "ppo": "pipeline/ppo.py",
+    "dpo": "pipeline/dpo.py",
     "eval": "eval/run.py",
 }
 KEY_METRIC = {
@@ -34,8 +37,9 @@ KEY_METRIC = {
     "sft": "eval_reply_perplexity",
     "reward": "eval_accuracy",
     "ppo": "win_rate",
+    "dpo": "eval_preference_accuracy",
 }
-TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo")
+TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
 RESUMING_STAGES = ("pretrain", "sft")  # they resume from their checkpoints and record the settings they ran with
 
 
@@ -51,7 +55,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="recipe YAML file, e.g. recipes/quickstart.yaml")
     parser.add_argument("--force", choices=STAGES + ("eval",), help="redo this stage and every stage after it")
-    parser.add_argument("--skip_eval", action="store_true", help="stop after PPO")
+    parser.add_argument("--skip_eval", action="store_true", help="stop before the evaluation")
     args = parser.parse_args()
     try:
         recipe = load_recipe(args.config)
@@ -64,7 +68,11 @@ def main():
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
-    stages = STAGES + (() if args.skip_eval else ("eval",))
+    stages = recipe.stages + (() if args.skip_eval else ("eval",))
+    if args.force and args.force not in stages:
+        print(f"error: --force {args.force}: {recipe.path} has no '{args.force}' section, so that stage does not run",
+              file=sys.stderr)
+        sys.exit(2)
     rerun_from = stages.index(args.force) if args.force else len(stages)
     summary, upstream_changed, total_start, newest_upstream = [], False, time.time(), ""
     for number, stage in enumerate(stages, start=1):

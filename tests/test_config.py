@@ -15,7 +15,7 @@ def test_every_recipe_parses_with_the_real_parsers(path):
     recipe = load_recipe(path)
     assert recipe.run_name == (yaml.safe_load(path.read_text()).get("run_name") or path.stem)
     for section in SECTIONS:
-        parsed = recipe.parse(section, defaults={"bf16": False} if section in ("pretrain", "sft", "reward", "ppo")
+        parsed = recipe.parse(section, defaults={"bf16": False} if section in ("pretrain", "sft", "reward", "ppo", "dpo")
                               else None)
         assert parsed
 
@@ -24,6 +24,20 @@ def test_shipped_recipes_and_accelerate_configs_exist():
     assert {"smoke.yaml", "quickstart.yaml", "wikigpt-movie.yaml"} <= {p.name for p in RECIPES}
     assert {p.name for p in (ROOT / "recipes" / "accelerate").glob("*.yaml")} >= {"ddp.yaml", "fsdp.yaml",
                                                                                    "zero2.yaml"}
+
+
+def test_dpo_runs_only_with_its_section_and_is_redone_when_its_pairs_change(tmp_path):
+    assert "dpo" not in load_recipe(ROOT / "recipes" / "quickstart.yaml").stages
+    path = tmp_path / "with-dpo.yaml"
+    path.write_text("reward:\n  max_pairs: 100\ndpo:\n  beta: 0.2\n")
+    recipe = load_recipe(path)
+    assert recipe.stages == ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
+    _, config = recipe.parse("dpo", defaults={"bf16": False})
+    assert config.beta == 0.2 and config.output_dir == "runs/with-dpo/dpo"
+    assert recipe.hub_path("dpo") == Path("hub/with-dpo-dpo")
+    path.write_text("reward:\n  max_pairs: 200\ndpo:\n  beta: 0.2\n")
+    assert load_recipe(path).fingerprint("dpo") != recipe.fingerprint("dpo")
+    assert load_recipe(path).fingerprint("ppo") == recipe.fingerprint("ppo")
 
 
 def test_run_name_defaults_to_file_name_and_cli_overrides(tmp_path):

@@ -9,7 +9,7 @@ from pipeline.common import trainer_defaults
 from pipeline.config import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAINING_SECTIONS = ("pretrain", "sft", "reward", "ppo")
+TRAINING_SECTIONS = ("pretrain", "sft", "reward", "ppo", "dpo")
 
 
 @pytest.mark.parametrize("section", TRAINING_SECTIONS)
@@ -24,15 +24,16 @@ def test_training_arguments_raise_no_future_warning(section):
     assert all(args.activation_checkpointing is False for args in training_args)
 
 
-def test_rloo_arguments_raise_no_future_warning():
-    from pipeline.ppo import rloo_config
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_group_trainer_arguments_raise_no_future_warning(algorithm):
+    from pipeline.ppo import group_config
 
     recipe = load_recipe(ROOT / "recipes" / "smoke.yaml")
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
-        stage_args, config = recipe.parse("ppo", defaults=trainer_defaults(kl_coef=0.05))
-        rloo = rloo_config(config, stage_args, reward_weights=[1.0])
-    assert rloo.activation_checkpointing is False
+        stage_args, config = recipe.parse("ppo", ["--algorithm", algorithm], defaults=trainer_defaults(kl_coef=0.05))
+        group = group_config(config, stage_args, reward_weights=[1.0])
+    assert group.activation_checkpointing is False and group.beta == 0.05 and group.num_generations == 4
 
 
 @pytest.mark.parametrize("key", ["activation_checkpointing", "gradient_checkpointing"])

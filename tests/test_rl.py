@@ -1,5 +1,5 @@
 """The RL stage: the composite reward's parts on constructed replies, its PPO adapter read the way PPOTrainer reads a
-reward model, RLOO end to end, and the seed benchmark."""
+reward model, RLOO and GRPO end to end, and the seed benchmark."""
 
 import json
 import shutil
@@ -148,6 +148,38 @@ def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
     assert out[0]["generated_text"][-1]["role"] == "assistant"
 
 
+def test_grpo_trains_the_composite_and_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
+    for stage in ("tokenizer", "base", "sft", "reward"):
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"grpo-{stage}")
+    recipe = write_recipe(tmp_path / "grpo.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 4})
+    result = launch("pipeline/ppo.py", recipe, "--grpo_loss_type", "dr_grpo")
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "hub" / "grpo-ppo"
+    meta = json.loads((folder / "minichatgpt.json").read_text())
+    assert meta["algorithm"] == "grpo" and meta["metrics"]["episodes"] >= 16
+    assert "GRPO (TRL `trl.GRPOTrainer`, 4 replies per prompt, loss `dr_grpo`)" in (folder / "README.md").read_text()
+    # Every part of the composite reached GRPO, and its KL to SFT was measured and watched by the guards.
+    training_logs = [row for row in meta["log_history"] if "objective/kl" in row]
+    assert training_logs and all(f"rewards/{part}/mean" in training_logs[0] for part in meta["reward_weights"])
+    assert meta["guards"]["history"]
+    chat = pipeline("text-generation", model=str(folder))
+    out = chat([{"role": "user", "content": "how are you ?"}], max_new_tokens=8)
+    assert out[0]["generated_text"][-1]["role"] == "assistant"
+
+
+def test_grpo_num_generations_must_divide_the_batch(smoke_run, tmp_path):
+    for stage in ("tokenizer", "base", "sft", "reward"):
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"odd-{stage}")
+    recipe = write_recipe(tmp_path / "odd.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 3,
+                                                                 "normalize_reward_model": False})
+    result = run_cli(["pipeline/ppo.py", "--config", recipe])
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [(
+        "error: ppo.grpo_num_generations (3) must divide the replies per batch, per_device_train_batch_size x "
+        "gradient_accumulation_steps x processes (8)")]
+    assert not (tmp_path / "hub" / "odd-ppo").exists()
+
+
 @pytest.mark.slow
 def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
     recipe = write_recipe(tmp_path / "bench.yaml", tmp_path)
@@ -156,11 +188,12 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
     for stage in ("sft", "reward"):
         (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
     result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--first_seed", "3",
-                      "--prompts", "16", "--ranking_contexts", "8", "--json", tmp_path / "seeds.json"], timeout=1200)
+                      "--prompts", "16", "--ranking_contexts", "8", "--algorithms", "ppo", "rloo", "grpo", "dpo",
+                      "--json", tmp_path / "seeds.json"], timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "seeds.json").read_text())
     assert report["prompts"] == 16
-    for algorithm in ("ppo", "rloo"):
+    for algorithm in ("ppo", "rloo", "grpo", "dpo"):
         assert [row["seed"] for row in report[algorithm]["seeds"]] == [3, 4]
         for field in report["fields"]:
             assert all(field in row for row in report[algorithm]["seeds"])
@@ -168,6 +201,7 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
         for row in report[algorithm]["seeds"]:  # the gain is paired: the same prompts as SFT's specificity
             assert row["specificity_gain"] == pytest.approx(row["specificity"] - report["sft"]["specificity"])
             assert row["specificity_gain_se"] >= 0
+    assert all(row["final_kl"] is None for row in report["dpo"]["seeds"]), "DPO samples nothing, logs no KL"
     assert "mean ± std" in result.stdout
 
 
