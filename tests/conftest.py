@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,12 @@ def write_recipe(path: Path, tmp_root: Path, **changes) -> Path:
             recipe[section] = values
     path.write_text(yaml.safe_dump(recipe))
     return path
+
+
+def copy_rl_inputs(smoke_run, hub: Path, run_name: str):
+    """The smoke run's tokenizer, base, SFT and reward models under `run_name`, ready for an RL stage."""
+    for stage in ("tokenizer", "base", "sft", "reward"):
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", hub / f"{run_name}-{stage}")
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, launch, run_cli, write_recipe
+from conftest import ROOT, copy_rl_inputs, launch, run_cli, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
@@ -131,8 +131,7 @@ def test_ppo_reads_the_composite_like_a_reward_model(tokenizer, reward_model, to
 
 
 def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
-    for stage in ("tokenizer", "base", "sft", "reward"):
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"rl-{stage}")
+    copy_rl_inputs(smoke_run, tmp_path / "hub", "rl")
     recipe = write_recipe(tmp_path / "rl.yaml", tmp_path)
     result = launch("pipeline/ppo.py", recipe, "--algorithm", "rloo", "--kl_target", "1000", "--temperature", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -149,8 +148,7 @@ def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
 
 
 def test_grpo_trains_the_composite_and_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
-    for stage in ("tokenizer", "base", "sft", "reward"):
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"grpo-{stage}")
+    copy_rl_inputs(smoke_run, tmp_path / "hub", "grpo")
     recipe = write_recipe(tmp_path / "grpo.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 4})
     result = launch("pipeline/ppo.py", recipe, "--grpo_loss_type", "dr_grpo")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -168,8 +166,7 @@ def test_grpo_trains_the_composite_and_pushes_a_chat_model_for_stock_pipeline(sm
 
 
 def test_grpo_num_generations_must_divide_the_batch(smoke_run, tmp_path):
-    for stage in ("tokenizer", "base", "sft", "reward"):
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"odd-{stage}")
+    copy_rl_inputs(smoke_run, tmp_path / "hub", "odd")
     recipe = write_recipe(tmp_path / "odd.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 3,
                                                                  "normalize_reward_model": False})
     result = run_cli(["pipeline/ppo.py", "--config", recipe])
