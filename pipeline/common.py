@@ -98,6 +98,17 @@ def check_vocab(model, tokenizer, folder):
         )
 
 
+def print_per_process(message: str) -> None:
+    """Print one line, prefixed with the process's rank under several processes, in a single write so that the
+    processes' lines never interleave on a shared, unbuffered stdout."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    rank = f"rank {state.process_index}/{state.num_processes} " if state.num_processes > 1 else ""
+    sys.stdout.write(f"{rank}{message}\n")
+    sys.stdout.flush()
+
+
 def perplexity(loss: float | None) -> float | None:
     if loss is None:
         return None

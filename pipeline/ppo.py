@@ -31,6 +31,7 @@ from pipeline.common import (
     metrics_table,
     plot_curves,
     precision_label,
+    print_per_process,
     run_stage,
     trainer_defaults,
 )
@@ -107,7 +108,7 @@ def warm_up_reward_scale(composite: CompositeReward, policy, tokenizer, prompts:
     scores = gather_object(composite.reward_model_scores(prompt_ids, reply_ids))
     composite.set_reward_model_scale(scores)
     mean, std = composite.reward_model_scale
-    print(f"reward-model scale from {len(scores)} warm-up rollouts: mean {mean:.4f}, std {std:.4f}")
+    print_per_process(f"reward-model scale from {len(scores)} warm-up rollouts: mean {mean:.4f}, std {std:.4f}")
     return mean, std
 
 

@@ -31,6 +31,7 @@ from pipeline.common import (
     perplexity,
     plot_curves,
     precision_label,
+    print_per_process,
     resume_checkpoint,
     run_stage,
     trainer_defaults,
@@ -246,8 +247,7 @@ def main(recipe, overrides):
         **throughput.summary(),
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
-    rank = f"rank {training_args.process_index}/{training_args.world_size} " if training_args.world_size > 1 else ""
-    print(f"{rank}pretrain summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    print_per_process("pretrain summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
     if not trainer.is_world_process_zero():
         return
 

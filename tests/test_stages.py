@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,11 +88,10 @@ def test_rl_under_two_processes_gives_every_process_the_same_reward_scale(smoke_
                                                                   "reward_scale_rollouts": 256})
     result = launch("pipeline/ppo.py", recipe, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
-    scales = [line for line in result.stdout.splitlines() if line.startswith("reward-model scale from")]
-    assert len(scales) == 2 and scales[0] == scales[1], scales
-    assert scales[0].startswith("reward-model scale from 256 warm-up rollouts")
+    scales = dict(re.findall(r"^rank (\d)/2 reward-model scale from (.*)$", result.stdout, flags=re.MULTILINE))
+    assert sorted(scales) == ["0", "1"] and scales["0"] == scales["1"], result.stdout[-3000:]
     scale = json.loads((tmp_path / "hub" / "rlddp-ppo" / "minichatgpt.json").read_text())["reward_model_scale"]
-    assert f"mean {scale[0]:.4f}, std {scale[1]:.4f}" in scales[0]
+    assert scales["0"] == f"256 warm-up rollouts: mean {scale[0]:.4f}, std {scale[1]:.4f}"
 
 
 def test_lora_sft_pushes_a_merged_model(smoke_run, tmp_path):
