@@ -183,6 +183,8 @@ class DPOArguments:
         default=None, metadata={"help": "Cap on training pairs; default: reward.max_pairs. The pairs are the reward "
                                 "stage's, built from its rejected_kinds, rejected_weights and context turns."}
     )
+    guard_prompts: int = field(
+        default=32, metadata={"help": "Held-out prompts replied to greedily at each log to watch for loops and collapse."})
 
 
 @dataclass

@@ -5,6 +5,7 @@ with the SFT model as reference and no reward model; pushes {hub_dir}/{run_name}
 """
 
 import logging
+import math
 import time
 from collections import defaultdict
 
@@ -22,11 +23,14 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
+from pipeline.data import dialog_splits, sample_pairs
 from pipeline.generation import chat_generation_config, generate_replies, reply_log_likelihoods
+from pipeline.guards import RLHFGuards
 from pipeline.hub import card_metadata, check_writable, push
 from pipeline.preferences import preference_splits
 
 logger = logging.getLogger("minichatgpt.dpo")
+GUARD_REPLY_TOKENS = 24
 
 
 def reply_log_probs(model, tokenizer, prompts, replies) -> list[float]:
@@ -76,16 +80,23 @@ def main(recipe, overrides):
     context = policy.config.max_position_embeddings
     config.max_length = fit_context(recipe, "dpo", config.max_length, context)
 
+    context_turns = recipe.reward_context_turns(reward_args)
     train_pairs, eval_pairs, how = preference_splits(data_args, reward_args.rejected_kinds,
                                                      reward_args.rejected_weights,
-                                                     recipe.reward_context_turns(reward_args), reward_config.seed,
+                                                     context_turns, reward_config.seed,
                                                      stage_args.max_pairs or reward_args.max_pairs,
                                                      reward_args.eval_pairs,
                                                      built_per_preference=reward_args.built_per_preference)
     print(f"dpo data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
+    guard_prompts = [history for _, history, _ in sample_pairs(dialog_splits(data_args)[1]["messages"], context_turns,
+                                                                stage_args.guard_prompts, data_args.split_seed)]
+    # DPO samples nothing and has no KL estimate to cap: the guards watch its greedy replies for loops and collapse.
+    guards = RLHFGuards(tokenizer, guard_prompts, max_kl=math.inf, max_prompt_tokens=context - GUARD_REPLY_TOKENS,
+                        max_new_tokens=GUARD_REPLY_TOKENS, stage="DPO")
     trainer = DPOTrainer(model=policy, ref_model=reference, args=config,
-                         train_dataset=train_pairs.remove_columns("kind"), processing_class=tokenizer)
+                         train_dataset=train_pairs.remove_columns("kind"), processing_class=tokenizer,
+                         callbacks=[guards])
     start = time.time()
     trainer.train()
     wall = time.time() - start
@@ -104,6 +115,8 @@ def main(recipe, overrides):
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     print("dpo summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
+    for line in guards.warning_lines():
+        print(f"guard: {line}")
     if not trainer.is_world_process_zero():
         return
 
@@ -126,6 +139,7 @@ def main(recipe, overrides):
                       f"{row['margin']:.3f} |" for kind, row in report.items())
     sample_rows = "\n".join(f"| {p} | {s} | {d} |" for p, s, d in zip(sft_args.sample_prompts, *samples))
     name = recipe.hub_name("dpo")
+    guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
     body = f"""# {name}
 
 Chat model of the minichatgpt run `{recipe.run_name}`: `{sft_path}` trained with TRL `DPOTrainer` (loss
@@ -146,6 +160,10 @@ likelier, what the pairs ask of a model before DPO.
 
 {metrics_table(metrics)}
 
+Guards, on the greedy replies to {len(guard_prompts)} held-out prompts at every log (loops, collapse, the implicit
+reward margin rising while the replies lose diversity):
+{guard_lines}
+
 ## Sample replies (greedy, repetition penalty 1.2)
 
 | prompt | SFT | DPO |
@@ -158,7 +176,8 @@ likelier, what the pairs ask of a model before DPO.
                   metadata={"stage": "dpo", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "seed": config.seed, "beta": config.beta, "loss_type": config.loss_type,
                             "metrics": metrics, "per_kind": report, "log_history": trainer.state.log_history,
-                            "pairs": how, "samples": dict(zip(sft_args.sample_prompts, samples[1])),
+                            "pairs": how, "guards": {"history": guards.history, "warnings": guards.warnings},
+                            "samples": dict(zip(sft_args.sample_prompts, samples[1])),
                             "fingerprint": recipe.fingerprint("dpo", overrides)},
                   card_body=body,
                   keep_revisions=recipe.run.keep_revisions,

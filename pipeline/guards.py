@@ -1,4 +1,4 @@
-"""What the RL stage watches at every log, for PPO, RLOO and GRPO alike: non-finite values and runaway KL stop the run;
+"""What the RL stage watches at every log, for PPO, RLOO and GRPO alike (and DPO, which has no KL to watch): non-finite values and runaway KL stop the run;
 reward rising while the replies to fixed prompts lose diversity, collapse to a few strings or loop is flagged; and a
 KL budget adapts the KL coefficient."""
 
@@ -14,15 +14,18 @@ from pipeline.generation import generate_replies
 logger = logging.getLogger("minichatgpt.ppo")
 
 
-def rl_log_values(logs: dict) -> tuple[float, float] | None:
+def rl_log_values(logs: dict) -> tuple[float, float | None] | None:
     """(mean reward, mean KL to the SFT policy per reply) of a training log of any of the trainers, or None for other
     logs: PPOTrainer logs `objective/scores` and the summed `objective/kl`; RLOOTrainer and GRPOTrainer log `reward` and
     a per-token `kl`, which times `completions/mean_length` is the same summed estimate (log p_policy - log p_SFT
-    over the reply)."""
+    over the reply). DPOTrainer samples nothing, so it has no KL estimate; its reward is the implicit reward margin
+    of chosen over rejected, `rewards/margins`."""
     if "objective/scores" in logs:
         return logs["objective/scores"], logs["objective/kl"]
     if "reward" in logs and "kl" in logs:
         return logs["reward"], logs["kl"] * logs["completions/mean_length"]
+    if "rewards/margins" in logs:
+        return logs["rewards/margins"], None
     return None
 
 
@@ -64,8 +67,9 @@ class RLHFGuards(TrainerCallback):
     """Watches the known failure modes of small-model RLHF at every log: non-finite values and runaway KL stop the
     run; reward rising while the replies to fixed prompts lose diversity, collapse to a few strings or loop is flagged."""
 
-    def __init__(self, tokenizer, prompts, max_kl: float, max_prompt_tokens: int, max_new_tokens: int):
-        self.tokenizer, self.prompts, self.max_kl = tokenizer, prompts, max_kl
+    def __init__(self, tokenizer, prompts, max_kl: float, max_prompt_tokens: int, max_new_tokens: int,
+                 stage: str = "PPO"):
+        self.tokenizer, self.prompts, self.max_kl, self.stage = tokenizer, prompts, max_kl, stage
         self.max_prompt_tokens, self.max_new_tokens = max_prompt_tokens, max_new_tokens
         self.distinct, self.repeated = load_metric("distinct_n"), load_metric("repeated_ngrams")
         self.history, self.warnings = [], {}
@@ -77,10 +81,10 @@ class RLHFGuards(TrainerCallback):
         score, kl = values
         bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
-            raise PipelineError(f"PPO step {state.global_step}: non-finite {', '.join(bad)}; stopped, nothing pushed "
-                                "(lower the learning rate, check the reward model)")
-        if kl > self.max_kl:
-            raise PipelineError(f"PPO step {state.global_step}: KL to the SFT policy {kl:.2f} > "
+            raise PipelineError(f"{self.stage} step {state.global_step}: non-finite {', '.join(bad)}; stopped, "
+                                "nothing pushed (lower the learning rate, check the reward model)")
+        if kl is not None and kl > self.max_kl:
+            raise PipelineError(f"{self.stage} step {state.global_step}: KL to the SFT policy {kl:.2f} > "
                                 f"ppo.max_kl={self.max_kl}; stopped, nothing pushed (raise kl_coef)")
         policy = getattr(model, "policy", model)  # PPOTrainer's model wraps policy and value model
         training = policy.training
@@ -101,14 +105,16 @@ class RLHFGuards(TrainerCallback):
         guard_values = {f"guard/{k}": v for k, v in row.items() if k not in ("step", "score", "kl")}
         logs.update(guard_values)
         # The same keys in the log history for both algorithms: the model card's plot and eval/run.py read them.
-        state.log_history[-1].update({"objective/scores": score, "objective/kl": kl, **guard_values})
+        if kl is not None:
+            state.log_history[-1].update({"objective/scores": score, "objective/kl": kl})
+        state.log_history[-1].update(guard_values)
         for kind, message in guard_flags(self.history).items():
             self._warn(state, kind, message)
 
     def _warn(self, state, kind: str, message: str):
         """Log a kind of warning the first time it shows; count how often it shows again."""
         if kind not in self.warnings:
-            logger.warning(f"PPO step {state.global_step}: {kind}: {message}")
+            logger.warning(f"{self.stage} step {state.global_step}: {kind}: {message}")
             self.warnings[kind] = {"first_step": state.global_step, "first": message, "logs": 0}
         self.warnings[kind]["logs"] += 1
 
@@ -117,7 +123,7 @@ class RLHFGuards(TrainerCallback):
                 f"{len(self.history)} logs" for kind, w in self.warnings.items()]
 
     def kl_trend(self) -> str:
-        if len(self.history) < 2:
+        if len(self.history) < 2 or self.history[0]["kl"] is None:
             return "not enough logs"
         first, last = self.history[0]["kl"], self.history[-1]["kl"]
         return f"{first:.3f} -> {last:.3f} ({'rising' if last > first else 'flat or falling'})"

@@ -54,10 +54,11 @@ def write_recipe(path: Path, tmp_root: Path, **changes) -> Path:
     return path
 
 
-def copy_rl_inputs(smoke_run, hub: Path, run_name: str):
-    """The smoke run's tokenizer, base, SFT and reward models under `run_name`, ready for an RL stage."""
-    for stage in ("tokenizer", "base", "sft", "reward"):
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", hub / f"{run_name}-{stage}")
+def seed_hub(smoke_run, tmp_path: Path, run_name: str, *stages: str):
+    """Copy the smoke run's finished `stages` into tmp_path/hub under `run_name`; by default what an RL stage reads:
+    the tokenizer, base, SFT and reward models."""
+    for stage in stages or ("tokenizer", "base", "sft", "reward"):
+        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"{run_name}-{stage}")
 
 
 @pytest.fixture(scope="session")

@@ -2,20 +2,15 @@
 `dpo:` key refused before any work, and `pipeline/run.py` running it only for a recipe with a `dpo:` section."""
 
 import json
-import shutil
 
 import pytest
 import yaml
-from conftest import launch, run_cli, write_recipe
+from conftest import launch, run_cli, seed_hub, write_recipe
 from transformers import pipeline
 
 DPO = {"max_steps": 10, "per_device_train_batch_size": 8, "learning_rate": 1.0e-3, "max_length": 128,
        "logging_steps": 5}
 
-
-def seed_hub(smoke_run, tmp_path, run_name, *stages):
-    for stage in stages:
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"{run_name}-{stage}")
 
 
 def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tmp_path):
@@ -36,7 +31,15 @@ def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tm
     assert metrics["eval_preference_accuracy"] > 0.5 and metrics["eval_margin"] > 0
     assert 0 <= metrics["eval_sft_likelihood_accuracy"] <= 1
     assert "dpo summary: eval_preference_accuracy=" in result.stdout
+    # The RL stage's guards watched DPO's greedy replies at each of its two logs, on the implicit reward margin.
+    history = meta["guards"]["history"]
+    assert [row["step"] for row in history] == [5, 10]
+    assert all(0 <= row["repeated_3gram"] <= 1 and 0 < row["unique_replies"] <= 1 and row["kl"] is None
+               for row in history)
+    assert [row["score"] for row in history] == [log["rewards/margins"] for log in meta["log_history"]
+                                                 if "rewards/margins" in log]
     card = (folder / "README.md").read_text()
+    assert "Guards, on the greedy replies to 32 held-out prompts" in card
     assert "TRL `DPOTrainer` (loss\nsigmoid, beta 0.1)" in card and "| all | " in card
     assert yaml.safe_load(card.split("---\n")[1])["base_model"] == str(tmp_path / "hub" / "dpo-sft")
     assert (folder / "training_curve.png").is_file()

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import copy_rl_inputs, most_lines_missing, run_cli, write_cornell, write_recipe
+from conftest import most_lines_missing, run_cli, seed_hub, write_cornell, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokenizer.train import train_tokenizer
@@ -121,7 +121,7 @@ def test_dialogs_without_assistant_turns(sft_hub, tmp_path):
 
 
 def test_reward_model_built_for_another_tokenizer(smoke_run, tmp_path):
-    copy_rl_inputs(smoke_run, tmp_path / "hub", "r")
+    seed_hub(smoke_run, tmp_path, "r")
     other = train_tokenizer([f"alpha{i} beta{i}" for i in range(500)], vocab_size=600, min_frequency=1)
     other.save_pretrained(tmp_path / "hub" / "r-reward")
     assert len(AutoTokenizer.from_pretrained(tmp_path / "hub" / "r-reward")) <= 600

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, copy_rl_inputs, launch, run_cli, write_recipe
+from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
@@ -131,7 +131,7 @@ def test_ppo_reads_the_composite_like_a_reward_model(tokenizer, reward_model, to
 
 
 def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
-    copy_rl_inputs(smoke_run, tmp_path / "hub", "rl")
+    seed_hub(smoke_run, tmp_path, "rl")
     recipe = write_recipe(tmp_path / "rl.yaml", tmp_path)
     result = launch("pipeline/ppo.py", recipe, "--algorithm", "rloo", "--kl_target", "1000", "--temperature", "0.7")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -148,7 +148,7 @@ def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
 
 
 def test_grpo_trains_the_composite_and_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
-    copy_rl_inputs(smoke_run, tmp_path / "hub", "grpo")
+    seed_hub(smoke_run, tmp_path, "grpo")
     recipe = write_recipe(tmp_path / "grpo.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 4})
     result = launch("pipeline/ppo.py", recipe, "--grpo_loss_type", "dr_grpo")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -166,7 +166,7 @@ def test_grpo_trains_the_composite_and_pushes_a_chat_model_for_stock_pipeline(sm
 
 
 def test_grpo_num_generations_must_divide_the_batch(smoke_run, tmp_path):
-    copy_rl_inputs(smoke_run, tmp_path / "hub", "odd")
+    seed_hub(smoke_run, tmp_path, "odd")
     recipe = write_recipe(tmp_path / "odd.yaml", tmp_path, ppo={"algorithm": "grpo", "grpo_num_generations": 3,
                                                                  "normalize_reward_model": False})
     result = run_cli(["pipeline/ppo.py", "--config", recipe])

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,17 +10,11 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, launch, write_recipe
+from conftest import ROOT, launch, seed_hub, write_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.generation import fit_history, render_prompts
 from pipeline.ppo import prompt_conversations
-
-
-def seed_hub(smoke_run, tmp_path, run_name, *stages):
-    """Copy finished smoke stages into a new hub under `run_name`."""
-    for stage in stages:
-        shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"{run_name}-{stage}")
 
 
 def metrics(tmp_path, name):
