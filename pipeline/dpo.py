@@ -132,7 +132,9 @@ def main(recipe, overrides):
         policy.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         plot_curves(trainer.state.log_history, {"loss": "train loss", "rewards/accuracies": "train accuracy",
-                                                "rewards/margins": "train margin"},
+                                                "rewards/margins": "train margin",
+                                                "rewards/chosen": "implicit reward, chosen",
+                                                "rewards/rejected": "implicit reward, rejected"},
                     folder / "training_curve.png", f"{recipe.hub_name('dpo')} training")
 
     table = "\n".join(f"| {kind} | {row['pairs']} | {row['sft_accuracy']:.3f} | {row['accuracy']:.3f} | "

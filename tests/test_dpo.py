@@ -43,6 +43,8 @@ def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tm
     assert "TRL `DPOTrainer` (loss\nsigmoid, beta 0.1)" in card and "| all | " in card
     assert yaml.safe_load(card.split("---\n")[1])["base_model"] == str(tmp_path / "hub" / "dpo-sft")
     assert (folder / "training_curve.png").is_file()
+    trained = next(log for log in meta["log_history"] if "loss" in log)
+    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"} <= set(trained)
     chat = pipeline("text-generation", model=str(folder))
     out = chat([{"role": "user", "content": "how are you ?"}], max_new_tokens=8)
     assert out[0]["generated_text"][-1]["role"] == "assistant"
