@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.common import trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
-from pipeline.errors import PipelineError
 from pipeline.export import export
 from pipeline.generation import fit_history
 
@@ -44,8 +44,10 @@ def main():
     context = model.config.max_position_embeddings
     recipe = load_recipe(args.recipe)
     data_args = recipe.parse_stage("eval", [])[0]
-    conversations = [history for _, history, _ in sample_pairs(dialog_splits(data_args)[1]["messages"], 3,
-                                                               args.prompts, data_args.split_seed)]
+    # The contexts the evaluation and the RL stage prompt with.
+    context_turns = recipe.parse("ppo", defaults=trainer_defaults())[0].context_turns
+    conversations = [history for _, history, _ in sample_pairs(dialog_splits(data_args)[1]["messages"],
+                                                               context_turns, args.prompts, data_args.split_seed)]
     # Each conversation as the chat fits it (oldest turns dropped); one whose last turn alone is too long is left out:
     # the chat cuts its tokens, which a chat completion from messages cannot, and past the model's learned positions
     # llama.cpp aborts.
@@ -55,6 +57,8 @@ def main():
               if len(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=False)) <= budget]
     print(f"{len(fitted)} of {len(conversations)} held-out prompts fit in {budget} tokens with their last turn whole")
     conversations, prompts = [c for c, _ in fitted], [ids for _, ids in fitted]
+    if not prompts:
+        raise SystemExit(f"error: {args.recipe}: no held-out prompt fits in {budget} tokens")
     end = tokenizer.convert_tokens_to_ids("<|end|>")
 
     with tempfile.TemporaryDirectory() as work:
@@ -88,8 +92,6 @@ def main():
             hf_text = tokenizer.decode(hf_reply, skip_special_tokens=True).strip()
             same_chat += completion["choices"][0]["message"]["content"].strip() == hf_text
     n = len(prompts)
-    if not n:
-        raise PipelineError(f"{args.recipe}: no held-out prompts")
     print(f"prompt tokens same {same_tokens}/{n}")
     print(f"greedy replies same {same_greedy}/{n}")
     print(f"chat completion same {same_chat}/{n}")

@@ -81,15 +81,16 @@ def main(recipe, overrides):
     config.max_length = fit_context(recipe, "dpo", config.max_length, context)
 
     context_turns = recipe.reward_context_turns(reward_args)
+    dialogs = dialog_splits(data_args)
     train_pairs, eval_pairs, how = preference_splits(data_args, reward_args.rejected_kinds,
                                                      reward_args.rejected_weights,
                                                      context_turns, reward_config.seed,
                                                      stage_args.max_pairs or reward_args.max_pairs,
-                                                     reward_args.eval_pairs,
+                                                     reward_args.eval_pairs, dialogs=dialogs,
                                                      built_per_preference=reward_args.built_per_preference)
     print(f"dpo data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
-    guard_prompts = [history for _, history, _ in sample_pairs(dialog_splits(data_args)[1]["messages"], context_turns,
+    guard_prompts = [history for _, history, _ in sample_pairs(dialogs[1]["messages"], context_turns,
                                                                 stage_args.guard_prompts, data_args.split_seed)]
     # DPO samples nothing and has no KL estimate to cap: the guards watch its greedy replies for loops and collapse.
     guards = RLHFGuards(tokenizer, guard_prompts, max_kl=math.inf, max_prompt_tokens=context - GUARD_REPLY_TOKENS,
@@ -115,8 +116,7 @@ def main(recipe, overrides):
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     print("dpo summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    for line in guards.warning_lines():
-        print(f"guard: {line}")
+    guards.print_warnings()
     if not trainer.is_world_process_zero():
         return
 
@@ -141,7 +141,6 @@ def main(recipe, overrides):
                       f"{row['margin']:.3f} |" for kind, row in report.items())
     sample_rows = "\n".join(f"| {p} | {s} | {d} |" for p, s, d in zip(sft_args.sample_prompts, *samples))
     name = recipe.hub_name("dpo")
-    guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
     body = f"""# {name}
 
 Chat model of the minichatgpt run `{recipe.run_name}`: `{sft_path}` trained with TRL `DPOTrainer` (loss
@@ -164,7 +163,7 @@ likelier, what the pairs ask of a model before DPO.
 
 Guards, on the greedy replies to {len(guard_prompts)} held-out prompts at every log (loops, collapse, the implicit
 reward margin rising while the replies lose diversity):
-{guard_lines}
+{guards.card_list()}
 
 ## Sample replies (greedy, repetition penalty 1.2)
 
@@ -178,7 +177,7 @@ reward margin rising while the replies lose diversity):
                   metadata={"stage": "dpo", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "seed": config.seed, "beta": config.beta, "loss_type": config.loss_type,
                             "metrics": metrics, "per_kind": report, "log_history": trainer.state.log_history,
-                            "pairs": how, "guards": {"history": guards.history, "warnings": guards.warnings},
+                            "pairs": how, "guards": guards.record(),
                             "samples": dict(zip(sft_args.sample_prompts, samples[1])),
                             "fingerprint": recipe.fingerprint("dpo", overrides)},
                   card_body=body,

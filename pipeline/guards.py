@@ -1,6 +1,6 @@
-"""What the RL stage watches at every log, for PPO, RLOO and GRPO alike (and DPO, which has no KL to watch): non-finite values and runaway KL stop the run;
-reward rising while the replies to fixed prompts lose diversity, collapse to a few strings or loop is flagged; and a
-KL budget adapts the KL coefficient."""
+"""What the RL stage watches at every log, for PPO, RLOO and GRPO alike (and DPO, which has no KL to watch):
+non-finite values and runaway KL stop the run; reward rising while the replies to fixed prompts lose diversity,
+collapse to a few strings or loop is flagged; and a KL budget adapts the KL coefficient."""
 
 import logging
 import math
@@ -121,6 +121,18 @@ class RLHFGuards(TrainerCallback):
     def warning_lines(self) -> list[str]:
         return [f"{kind}: first at step {w['first_step']} ({w['first']}); seen at {w['logs']} of "
                 f"{len(self.history)} logs" for kind, w in self.warnings.items()]
+
+    def print_warnings(self):
+        for line in self.warning_lines():
+            print(f"guard: {line}")
+
+    def card_list(self) -> str:
+        """The warnings as a Markdown list for the model card."""
+        return "\n".join(f"- {line}" for line in self.warning_lines()) or "- none raised"
+
+    def record(self) -> dict:
+        """What the guards saw, for the hub folder's minichatgpt.json."""
+        return {"history": self.history, "warnings": self.warnings}
 
     def kl_trend(self) -> str:
         if len(self.history) < 2 or self.history[0]["kl"] is None:

@@ -260,8 +260,7 @@ def main(recipe, overrides):
     }
     metrics = {k: v for k, v in metrics.items() if v is not None}
     print(f"{stage_args.algorithm} summary: " + ", ".join(f"{k}={v}" for k, v in metrics.items()))
-    for line in guards.warning_lines():
-        print(f"guard: {line}")
+    guards.print_warnings()
     if not trainer.is_world_process_zero():
         return
 
@@ -278,7 +277,7 @@ def main(recipe, overrides):
                             "reward_model_scale": composite.reward_model_scale,
                             "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
-                            "guards": {"history": guards.history, "warnings": guards.warnings},
+                            "guards": guards.record(),
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},
                   card_body=model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes,
                                        len(eval_prompts)),
@@ -290,7 +289,6 @@ def main(recipe, overrides):
 
 def model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes, eval_prompts) -> str:
     sample_rows = "\n".join(f"| {p} | {s} | {q} |" for p, s, q in samples[:8])
-    guard_lines = "\n".join(f"- {line}" for line in guards.warning_lines()) or "- none raised"
     trainer_name = {
         "ppo": "PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)",
         "rloo": f"RLOO (TRL `trl.RLOOTrainer`, {stage_args.rloo_num_generations} replies per prompt)",
@@ -318,7 +316,7 @@ Judged by the reward model the stage maximised, so the win rate is in-distributi
 ## Guards
 
 KL trend: {guards.kl_trend()}. Warnings:
-{guard_lines}
+{guards.card_list()}
 
 ## Sample replies
 

@@ -12,9 +12,8 @@ DPO = {"max_steps": 10, "per_device_train_batch_size": 8, "learning_rate": 1.0e-
        "logging_steps": 5}
 
 
-
 def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tmp_path):
-    seed_hub(smoke_run, tmp_path, "dpo", "tokenizer", "base", "sft", "reward")
+    seed_hub(smoke_run, tmp_path, "dpo")
     recipe = write_recipe(tmp_path / "dpo.yaml", tmp_path, dpo=DPO)
     result = launch("pipeline/dpo.py", recipe)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,7 +50,7 @@ def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tm
 
 
 def test_bad_dpo_key_is_one_line_and_pushes_nothing(smoke_run, tmp_path):
-    seed_hub(smoke_run, tmp_path, "typo", "tokenizer", "base", "sft", "reward")
+    seed_hub(smoke_run, tmp_path, "typo")
     recipe = write_recipe(tmp_path / "typo.yaml", tmp_path, dpo={"betta": 0.2})
     for script in ("pipeline/dpo.py", "pipeline/run.py"):
         result = run_cli([script, "--config", recipe])

@@ -76,7 +76,7 @@ def test_two_processes_both_train_and_one_pushes(smoke_run, tmp_path):
 
 
 def test_rl_under_two_processes_gives_every_process_the_same_reward_scale(smoke_run, tmp_path):
-    seed_hub(smoke_run, tmp_path, "rlddp", "tokenizer", "base", "sft", "reward")
+    seed_hub(smoke_run, tmp_path, "rlddp")
     recipe = write_recipe(tmp_path / "rlddp.yaml", tmp_path, ppo={"algorithm": "rloo", "max_prompts": 300,
                                                                   "reward_scale_rollouts": 256})
     result = launch("pipeline/ppo.py", recipe, processes=2)
