@@ -14,6 +14,7 @@ last budget from that setting's measured step time, and the held-out loss is rea
 """
 
 import argparse
+import json
 import math
 import shlex
 import tempfile
@@ -116,6 +117,18 @@ def train(recipe, overrides: list[str], blocks, eval_blocks, tokenizer, output_d
     return budget
 
 
+def sized_decay(recipe, overrides: list[str], max_steps: int) -> list[str]:
+    """A warmup-stable-decay schedule's decay steps as the same share of `max_steps` as of the recipe's own."""
+    _, _, args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
+    decay_steps = (args.lr_scheduler_kwargs or {}).get("num_decay_steps")
+    if args.lr_scheduler_type != "warmup_stable_decay" or not decay_steps:
+        return []
+    _, _, recipe_args = recipe.parse_stage("pretrain", [], defaults=stage_defaults())
+    share = decay_steps / recipe_args.max_steps
+    kwargs = {**args.lr_scheduler_kwargs, "num_decay_steps": max(1, round(share * max_steps))}
+    return ["--lr_scheduler_kwargs", json.dumps(kwargs)]
+
+
 def tokens_per_second(run: Budget) -> float:
     return run.steps_timed * run.tokens_per_step / run.elapsed()
 
@@ -125,6 +138,9 @@ def main():
     parser.add_argument("--config", required=True, help="recipe whose model, data and pretrain settings are 'new'")
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0], help="wall-clock budgets")
     parser.add_argument("--old", default=OLD_SETTINGS, help="pretrain overrides that make the 'old' settings")
+    parser.add_argument("--settings", nargs="+", choices=("old", "new"), default=["old", "new"],
+                        help="which settings train for the budgets: `new` alone compares recipes (shapes, say) "
+                        "at the same budget, run after run")
     args = parser.parse_args()
     use_cpu_cores()
     recipe = load_recipe(args.config)
@@ -163,12 +179,14 @@ def main():
         marks = [minutes * 60 for minutes in sorted(args.minutes)]
         losses = {}
         for name, overrides in (("old", old), ("new", [])):
+            if name not in args.settings:
+                continue
             calibration = train(recipe, overrides, blocks, eval_blocks, tokenizer, tmp, [float("inf")],
                                 WARMUP_STEPS + THROUGHPUT_STEPS, WARMUP_STEPS)
             steps_per_second = calibration.steps_timed / calibration.elapsed()
             max_steps = max(1, int(marks[-1] * steps_per_second))
-            run = train(recipe, overrides + ["--max_steps", str(max_steps)], blocks, eval_blocks, tokenizer, tmp,
-                        marks, max_steps, 0)
+            run = train(recipe, overrides + ["--max_steps", str(max_steps)] + sized_decay(recipe, overrides, max_steps),
+                        blocks, eval_blocks, tokenizer, tmp, marks, max_steps, 0)
             losses[name] = run.losses
             print(f"{name} ({' '.join(overrides) or 'the recipe'}): {tokens_per_second(run):,.0f} tokens/s, "
                   f"schedule of {max_steps} steps; held-out loss "
@@ -177,7 +195,7 @@ def main():
     print(f"speedup bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}")
     print(f"mfu_bf16 {rate['bf16'] * per_token / peak['bf16']:.3f}")
     for mark in marks:
-        print(f"loss_at_{mark / 60:g}min old {losses['old'][mark]:.3f} new {losses['new'][mark]:.3f}")
+        print(f"loss_at_{mark / 60:g}min " + " ".join(f"{name} {losses[name][mark]:.3f}" for name in losses))
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def render_markdown(report: dict) -> str:
         "Reply specificity (an independent sentence-embedding model: how much better a reply fits its own prompt "
         "than the other prompts; human replies = 1, a constant reply = 0) and echo rate (replies that mostly copy the "
         f"prompt). The gain is {rl} minus SFT on the same prompts (paired). `sample` is the chat's default decoding "
-        "(generation_config.json); `mmi` reranks sampled candidates by mutual information.",
+        "(generation_config.json)" + ("; `mmi` reranks sampled candidates by mutual information." if "mmi" in policies
+                                      else "."),
         "",
         f"| decoding | SFT specificity | {rl} specificity | gain | SFT echo rate | {rl} echo rate |",
         "|---|---|---|---|---|---|",
@@ -146,8 +147,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Sample replies",
         "",
-        f"| prompt | SFT greedy | {rl} greedy | SFT beam | {rl} beam | SFT sample | {rl} sample | SFT mmi | {rl} mmi |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| prompt | " + " | ".join(f"{name} {strategy}" for strategy in policies for name in ("SFT", rl)) + " |",
+        "|---" * (1 + 2 * len(policies)) + "|",
     ]
     for s in report["samples"]:
         cells = [s["prompt"], *(s[f"{stage}_{strategy}"] for strategy in policies for stage in ("sft", "ppo"))]

@@ -78,13 +78,13 @@ def compare_policies(models: dict, reward_model, tokenizer, prompts, human_repli
     (specificity and echo rate, with the paired specificity gain of the policy over SFT), by their form, and by the
     reward model, which scores each reply as it was generated (a reply cut off by the length limit has no end of
     turn). SFT decodes once for all of them."""
-    strategies = {
+    settings_of = {
         "greedy": {"do_sample": False, "repetition_penalty": 1.0},
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
-        **{strategy: {} for strategy in CHAT_STRATEGIES},
     }
     replies, rows = {}, {policy: {} for policy in models if policy != "sft"}
-    for strategy, settings in strategies.items():
+    for strategy in args.strategies:
+        settings = settings_of.get(strategy, {})
         judged, scores, specificity = {}, {}, {}
         for stage, model in models.items():
             set_seed(args.seed)

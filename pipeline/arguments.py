@@ -4,6 +4,7 @@ field's default and help string (docs/recipes.md lists them all)."""
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pipeline.generation import STRATEGIES
 from pipeline.hub import DEFAULT_KEEP_REVISIONS
 
 
@@ -194,11 +195,21 @@ class EvalArguments:
                                "conversations; 500 puts the standard error of a specificity gain near 0.02, so that "
                                "a gain of 0.05 is at least two of them."})
     max_new_tokens: int = field(default=32, metadata={"help": "Reply length cap."})
+    strategies: list[str] = field(
+        default_factory=lambda: list(STRATEGIES),
+        metadata={"help": "Decodings the policies are compared on: greedy, beam, sample (the chat's default, always "
+                  "included) and mmi (sampled candidates reranked: as many generations as candidates per prompt).",
+                  "choices": STRATEGIES},
+    )
     num_beams: int = field(default=4, metadata={"help": "Beams for the beam-search comparison."})
     repetition_penalty: float = field(default=1.2, metadata={"help": "Repetition penalty used with beam search."})
     ranking_contexts: int = field(
         default=200, metadata={"help": "Held-out contexts for next-reply recall@1 (each with 10 candidate replies)."})
     seed: int = field(default=0, metadata={"help": "Seed of the sampled decodings (chat default and mmi)."})
+
+    def __post_init__(self):
+        if "sample" not in self.strategies:
+            raise ValueError(f"strategies must include sample, the chat's default decoding, got {self.strategies}")
 
 
 @dataclass

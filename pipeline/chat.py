@@ -21,10 +21,9 @@ from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParse
 
 from pipeline.common import load_model, load_tokenizer
 from pipeline.errors import PipelineError
-from pipeline.generation import MMI_DEFAULTS, cut_at_end, end_of_turn_ids, fit_history, token_pmi_scores
+from pipeline.generation import MMI_DEFAULTS, STRATEGIES, cut_at_end, end_of_turn_ids, fit_history, token_pmi_scores
 from pipeline.hub import read_metadata
 
-STRATEGIES = ("greedy", "beam", "sample", "mmi")
 STREAMED_STRATEGIES = ("greedy", "sample")  # beam search and reranking know their reply only at the end
 DECODING_FIELDS = ("max_new_tokens", "num_beams", "length_penalty", "early_stopping", "temperature", "top_k",
                    "top_p", "repetition_penalty", "no_repeat_ngram_size", "num_candidates", "mmi_lambda")

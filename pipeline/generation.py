@@ -8,6 +8,9 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
+# The decodings a chat model replies with (pipeline/chat.py) and the evaluation compares policies on.
+STRATEGIES = ("greedy", "beam", "sample", "mmi")
+
 # Maximum-mutual-information reranking (`chat.py --strategy mmi`): sampled candidates, and the weight of the reply's
 # own likelihood subtracted from its likelihood given the conversation.
 MMI_DEFAULTS = {"num_candidates": 8, "mmi_lambda": 0.5}

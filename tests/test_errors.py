@@ -144,3 +144,13 @@ def test_bad_cornell_folders(sft_hub, tmp_path, corpus, fragments):
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path, data={"dialog_sources": [f"cornell:{folder}"]})
     assert_one_line_error(run_cli(["pipeline/sft.py", "--config", recipe]), *fragments)
     assert "r-sft" not in hub_names(tmp_path)
+
+
+@pytest.mark.parametrize("strategies, fragment", [
+    (["greedy", "beam"], "section 'eval': strategies must include sample"),
+    (["sample", "nucleus"], "invalid choice: 'nucleus'"),
+])
+def test_bad_eval_strategies_stop_the_run_before_any_stage(tmp_path, strategies, fragment):
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path, eval={"strategies": strategies})
+    assert_one_line_error(run_cli(["pipeline/run.py", "--config", recipe]), "r.yaml", fragment)
+    assert hub_names(tmp_path) == []

