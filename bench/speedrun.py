@@ -117,14 +117,14 @@ def train(recipe, overrides: list[str], blocks, eval_blocks, tokenizer, output_d
     return budget
 
 
-def sized_decay(recipe, overrides: list[str], max_steps: int) -> list[str]:
-    """A warmup-stable-decay schedule's decay steps as the same share of `max_steps` as of the recipe's own."""
+def sized_decay(recipe, overrides: list[str], max_steps: int, recipe_max_steps: int) -> list[str]:
+    """A warmup-stable-decay schedule's decay steps as the same share of `max_steps` as of the recipe's
+    `recipe_max_steps`."""
     _, _, args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
     decay_steps = (args.lr_scheduler_kwargs or {}).get("num_decay_steps")
     if args.lr_scheduler_type != "warmup_stable_decay" or not decay_steps:
         return []
-    _, _, recipe_args = recipe.parse_stage("pretrain", [], defaults=stage_defaults())
-    share = decay_steps / recipe_args.max_steps
+    share = decay_steps / recipe_max_steps
     kwargs = {**args.lr_scheduler_kwargs, "num_decay_steps": max(1, round(share * max_steps))}
     return ["--lr_scheduler_kwargs", json.dumps(kwargs)]
 
@@ -185,8 +185,8 @@ def main():
                                 WARMUP_STEPS + THROUGHPUT_STEPS, WARMUP_STEPS)
             steps_per_second = calibration.steps_timed / calibration.elapsed()
             max_steps = max(1, int(marks[-1] * steps_per_second))
-            run = train(recipe, overrides + ["--max_steps", str(max_steps)] + sized_decay(recipe, overrides, max_steps),
-                        blocks, eval_blocks, tokenizer, tmp, marks, max_steps, 0)
+            schedule = ["--max_steps", str(max_steps), *sized_decay(recipe, overrides, max_steps, training_args.max_steps)]
+            run = train(recipe, overrides + schedule, blocks, eval_blocks, tokenizer, tmp, marks, max_steps, 0)
             losses[name] = run.losses
             print(f"{name} ({' '.join(overrides) or 'the recipe'}): {tokens_per_second(run):,.0f} tokens/s, "
                   f"schedule of {max_steps} steps; held-out loss "
