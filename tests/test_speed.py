@@ -14,7 +14,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, default_da
 from pipeline.arguments import PretrainArguments
 from pipeline.common import native_bf16, trainer_defaults
 from pipeline.config import load_recipe
-from pipeline.optimizers import MuonWithAdamW, hidden_matrices
+from pipeline.optimizers import Muon, MuonWithAdamW, hidden_matrices
 from pipeline.pretrain import build_model, stage_defaults
 
 SHAPE = SimpleNamespace(n_layer=3, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
@@ -80,6 +80,33 @@ def test_muon_takes_exactly_the_blocks_weight_matrices():
     assert all(p.ndim == 1 for p in undecayed)
     assert len(muon_params) + len(decayed) + len(undecayed) == len(list(model.parameters()))
     assert len(optimizer.param_groups) == 3
+
+
+def muon_steps(optimizer_class, steps=3, **dtype):
+    torch.manual_seed(0)
+    model = build_model(Vocab(), SHAPE, PretrainArguments())
+    matrices = [param for name, param in model.named_parameters() if name in set(hidden_matrices(model))]
+    optimizer = optimizer_class(matrices, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **dtype)
+    ids = torch.randint(2, 100, (4, SHAPE.n_positions))
+    for _ in range(steps):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return torch.cat([param.flatten() for param in matrices])
+
+
+def test_muon_takes_torchs_steps_bit_for_bit_in_bf16_and_close_to_them_in_fp32():
+    reference = muon_steps(torch.optim.Muon)
+    assert torch.equal(muon_steps(Muon, newton_schulz_dtype=torch.bfloat16), reference)
+    in_fp32 = muon_steps(Muon, newton_schulz_dtype=torch.float32)
+    assert not torch.equal(in_fp32, reference)
+    # Three steps of 0.2·sqrt(96)·1e-2 ≈ 0.02 each; bf16 rounds the orthogonalised update to about 1%.
+    assert (in_fp32 - reference).abs().max() < 2e-3
+
+
+def test_muon_orthogonalizes_in_bf16_only_where_the_machine_has_bf16_instructions():
+    optimizer = MuonWithAdamW(build_model(Vocab(), SHAPE, PretrainArguments()), lr=1e-3, weight_decay=0.1)
+    assert optimizer.muon.newton_schulz_dtype == (torch.bfloat16 if native_bf16() else torch.float32)
 
 
 def test_a_scheduled_learning_rate_reaches_both_optimizers_and_their_state_round_trips():
