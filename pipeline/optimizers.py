@@ -44,7 +44,10 @@ class Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             lr, momentum = float(group["lr"]), group["momentum"]
             for param in group["params"]:
@@ -76,14 +79,13 @@ class MuonWithAdamW(torch.optim.Optimizer):
     Trainer does: not on norms and biases)."""
 
     def __init__(self, model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), eps: float = 1e-8,
-                 momentum: float = 0.95, newton_schulz_dtype: torch.dtype | None = None):
+                 momentum: float = 0.95):
         hidden = set(hidden_matrices(model))
         named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
         matrices = [param for name, param in named if name in hidden]
         decayed = [param for name, param in named if name not in hidden and param.ndim >= 2]
         undecayed = [param for name, param in named if name not in hidden and param.ndim < 2]
-        self.muon = Muon(matrices, newton_schulz_dtype, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                         adjust_lr_fn="match_rms_adamw")
+        self.muon = Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW([{"params": decayed, "weight_decay": weight_decay},
                                         {"params": undecayed, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
         # The groups are the two optimizers' own dicts, so a learning rate set here is the one they step with.
@@ -91,8 +93,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = closure() if closure is not None else None
-        self.muon.step()
+        loss = self.muon.step(closure)
         self.adamw.step()
         return loss
 
