@@ -27,11 +27,11 @@ def ranking_rows(conversations, context_turns: int, candidates: int = 10, max_co
     return rows
 
 
-def next_reply_recall(model_dir, tokenizer, rows) -> dict:
+def next_reply_recall(model_dir, tokenizer, rows, per_context: bool = False) -> dict:
     contexts = [tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
                 for history, _ in rows]
     return load_metric("next_reply_ranking").compute(predictions=[c for _, c in rows], references=contexts,
-                                                     model_id=str(model_dir))
+                                                     model_id=str(model_dir), per_context=per_context)
 
 
 def last_user_turn(history: list[dict]) -> str:

@@ -71,6 +71,14 @@ def test_next_reply_ranking_finds_the_real_reply_only_when_the_model_knows_it(me
     assert untrained["recall_at_1"] < 1.0
 
 
+def test_next_reply_ranking_per_context_hits_average_to_the_recall(memorising_model):
+    for folder in ("trained", "untrained"):
+        result = next_reply_recall(memorising_model[folder], memorising_model["tokenizer"], rows(), per_context=True)
+        assert len(result["hits_pmi"]) == len(DIALOGS) and set(result["hits_pmi"]) <= {0.0, 1.0}
+        assert sum(result["hits_pmi"]) / len(DIALOGS) == pytest.approx(result["recall_at_1_pmi"])
+    assert "hits_pmi" not in next_reply_recall(memorising_model["trained"], memorising_model["tokenizer"], rows())
+
+
 def history(prompt):
     return [{"role": "user", "content": prompt}]
 

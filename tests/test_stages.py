@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, launch, seed_hub, write_recipe
+from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from pipeline.generation import fit_history, render_prompts
@@ -99,6 +99,27 @@ def test_lora_sft_pushes_a_merged_model(smoke_run, tmp_path):
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "hub" / "lora-base")
     assert not merged.transformer.h[0].attn.c_attn.weight.equal(base.transformer.h[0].attn.c_attn.weight)
     assert "LoRA merged" in (folder / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_sft_settings_benchmark_trains_each_variant_from_the_base_and_pairs_it_with_the_first(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "sftbench", "tokenizer", "base")
+    recipe = write_recipe(tmp_path / "sftbench.yaml", tmp_path, sft={"max_steps": 6}, eval={"max_prompts": 12})
+    result = run_cli([ROOT / "bench" / "sft_settings.py", "--config", recipe, "--variants", "", "--max_steps 3",
+                      "--ranking_contexts", "8", "--json", tmp_path / "sft.json"], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "sft.json").read_text())
+    assert report["prompts"] == 12 and report["ranking_contexts"] == 8
+    first, second = report["variants"]
+    assert first["variant"] == "the recipe" and second["variant"] == "--max_steps 3"
+    assert first["recall_difference"] == first["specificity_difference"] == 0.0
+    assert second["recall_difference"] == pytest.approx(second["recall_at_1_pmi"] - first["recall_at_1_pmi"])
+    bench_hub = tmp_path / "runs" / "sftbench" / "sft_settings" / "hub"
+    steps = [json.loads((bench_hub / f"sftbench-sft{i}-sft" / "minichatgpt.json").read_text())["log_history"][-1]["step"]
+             for i in (0, 1)]
+    assert steps == [6, 3]
+    assert not (tmp_path / "hub" / "sftbench-sft").exists(), "the run's own hub is not written"
+    assert "| --max_steps 3 |" in result.stdout
 
 
 def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than_untrained(smoke_run, tmp_path):

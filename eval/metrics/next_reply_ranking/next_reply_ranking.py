@@ -15,12 +15,14 @@ Args:
         (`tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)`).
     model_id (str): causal LM folder.
     batch_size (int): default 32.
+    per_context (bool): also return `hits_pmi`, 1.0 or 0.0 per context, for paired comparisons of two models.
 Returns:
     recall_at_1 (float): share of contexts whose real reply has the highest log p(reply | context); chance 1/k.
     recall_at_1_pmi (float): the same, ranked by log p(reply | context) - log p(reply | empty prompt).
     recall_at_1_se, recall_at_1_pmi_se (float): their standard errors; contexts (int).
     mean_rank (float): mean 1-based rank of the real reply by log p(reply | context).
     candidates (int): k, candidates per context.
+    hits_pmi (list of float): with `per_context`, whether PMI ranked each context's real reply first.
 """
 
 
@@ -38,7 +40,7 @@ class NextReplyRanking(evaluate.Metric):
                                         "references": datasets.Value("string")}),
         )
 
-    def _compute(self, predictions, references, model_id, batch_size=32):
+    def _compute(self, predictions, references, model_id, batch_size=32, per_context=False):
         tokenizer = AutoTokenizer.from_pretrained(model_id)
         model = AutoModelForCausalLM.from_pretrained(model_id, use_safetensors=True).eval()
         empty = tokenizer.apply_chat_template(EMPTY_PROMPT, add_generation_prompt=True, return_dict=False)
@@ -57,7 +59,8 @@ class NextReplyRanking(evaluate.Metric):
             hits_pmi.append(float(first_is_best([c - u for c, u in zip(scores, prior[start:end])])))
             ranks += 1 + sum(other >= scores[0] for other in scores[1:])
         n = max(len(spans), 1)
-        return {"recall_at_1": sum(hits) / n, "recall_at_1_se": standard_error(hits),
-                "recall_at_1_pmi": sum(hits_pmi) / n, "recall_at_1_pmi_se": standard_error(hits_pmi),
-                "mean_rank": ranks / n, "candidates": max((end - start for start, end in spans), default=0),
-                "contexts": len(spans)}
+        result = {"recall_at_1": sum(hits) / n, "recall_at_1_se": standard_error(hits),
+                  "recall_at_1_pmi": sum(hits_pmi) / n, "recall_at_1_pmi_se": standard_error(hits_pmi),
+                  "mean_rank": ranks / n, "candidates": max((end - start for start, end in spans), default=0),
+                  "contexts": len(spans)}
+        return {**result, "hits_pmi": hits_pmi} if per_context else result
