@@ -7,11 +7,10 @@ so that a difference can be told from noise.
 
 Each variant is `pipeline/sft.py --config <copy> --base_model <the run's base> <its overrides>`, from scratch, on a
 copy of the recipe named {run}-sft{i} whose hub is {output_root}/{run}/sft_settings/hub: the run's own models are never
-written. Per
-variant: the stage's training seconds, held-out reply perplexity on the evaluation's prompts, next-reply recall@1 of 10
-by PMI on `--ranking_contexts` held-out contexts, and the reply specificity of the chat's default decoding (`sample`)
-on the evaluation's prompts; for each variant after the first, its paired difference from the first in recall and
-specificity, with standard errors.
+written. Per variant: the stage's training seconds, held-out reply perplexity on the evaluation's prompts,
+next-reply recall@1 of 10 by PMI on `--ranking_contexts` held-out contexts, and the reply specificity of the chat's
+default decoding (`sample`) on the evaluation's prompts; for each variant after the first, its paired difference from
+the first in recall and specificity, with standard errors.
 """
 
 import argparse
