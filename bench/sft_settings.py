@@ -15,7 +15,6 @@ the first in recall and specificity, with standard errors.
 
 import argparse
 import json
-import math
 import shlex
 import shutil
 import statistics
@@ -28,6 +27,7 @@ from transformers import AutoModelForCausalLM, set_seed
 
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
 from eval.run import decoded_reply_ids, perplexity_row
+from eval.stats import standard_error
 from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def paired(values: list[float], reference: list[float]) -> tuple[float, float]:
     """Mean difference and its standard error, item by item."""
     differences = [v - r for v, r in zip(values, reference)]
-    return statistics.fmean(differences), statistics.stdev(differences) / math.sqrt(len(differences))
+    return statistics.fmean(differences), standard_error(differences)
 
 
 def train_variant(recipe, work: Path, index: int, overrides: list[str]) -> tuple[Path, float]:
