@@ -13,7 +13,8 @@ class DataArguments:
     text_sources: list[str] = field(
         default_factory=lambda: ["chitchat"],
         metadata={"help": "Pretraining/tokenizer text: files, folders, globs, 'wikitext:<file>', 'hub:<id>[:<config>]', "
-                  "'disk:<folder>' or 'chitchat'. See docs/data.md."},
+                  "'disk:<folder>', 'chitchat', or 'chat:<dialog source>' (its conversations in the chat template). See "
+                  "docs/data.md."},
     )
     dialog_sources: list[str] = field(
         default_factory=lambda: ["chitchat"],

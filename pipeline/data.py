@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from datasets import Dataset
 
+from pipeline.chat_format import SPECIAL_TOKEN
 from pipeline.errors import PipelineError
 from pipeline.sources import BadRows, conversation_text, dialog_conversations, text_documents
 
@@ -31,8 +32,10 @@ def data_card(reports: list[BadRows]) -> str:
 
 
 def normalised(text: str) -> str:
-    """The text an id is made from: Unicode-normalised, case-folded, whitespace collapsed to single spaces."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """The text an id is made from: Unicode-normalised, case-folded, whitespace collapsed to single spaces, special
+    tokens counted as whitespace, so that a conversation has one identity as dialog, as plain text and in the chat
+    template (a `chat:` text source)."""
+    return " ".join(unicodedata.normalize("NFKC", SPECIAL_TOKEN.sub(" ", text)).casefold().split())
 
 
 def content_id(text: str) -> str:

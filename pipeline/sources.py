@@ -3,6 +3,7 @@ row validated as it is read and every loss counted by cause (`BadRows`).
 
 A source is a string:
     chitchat                          the `chitchat-dataset` package (7,168 real conversations)
+    chat:<dialog source>              a text source: a dialog source's conversations in the chat template
     cornell:<folder>                  Cornell Movie-Dialogs files (movie_lines.txt + movie_conversations.txt)
     wikitext:<file>                   WikiText raw text, one document per ` = Title = ` article
     hub:<dataset id>[:<config>]       a Hugging Face hub dataset (needs internet)
@@ -18,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.chat_format import chat_text
 from pipeline.errors import PipelineError
 from pipeline.files import TABLE_SUFFIXES, disk_dataset, expand_paths, hub_dataset, read_records, read_text_file
 
@@ -141,10 +143,12 @@ def _column_records(table, column: str, source: str) -> list[tuple[str, dict]]:
 
 
 def text_documents(source: str, args, report: BadRows) -> list[str]:
-    """The documents of one text source; a chitchat conversation without a reply is real text and stays in."""
+    """The documents of one text source; a conversation without a reply is real text and stays in."""
     kind, _, location = source.partition(":")
     if source == "chitchat":
         return [text for text in map(conversation_text, chitchat_conversations(report)) if text]
+    if kind == "chat":
+        return [chat_text(messages) for messages in _source_conversations(location, args, report) if messages]
     if kind == "wikitext":
         return wikitext_articles(read_text_file(Path(location), args.encoding))
     if kind in ("hub", "disk"):

@@ -2,7 +2,8 @@ import pytest
 from conftest import run_cli, write_recipe
 from transformers import AutoTokenizer
 
-from tokenizer.train import SPECIAL_TOKENS, train_tokenizer
+from pipeline.chat_format import SPECIAL_TOKENS
+from tokenizer.train import train_tokenizer
 
 CORPUS = ["hello there , how are you ?", "i am fine , thanks . and you ?", "the weather is nice today"] * 30
 

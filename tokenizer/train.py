@@ -9,32 +9,14 @@ import time
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
+from pipeline.chat_format import (CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_MARKERS, SPECIAL_TOKENS,
+                                  between_special_tokens)
 from pipeline.common import metrics_table, run_stage
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
 
 logger = logging.getLogger("minichatgpt.tokenizer")
-
-END_OF_TEXT = "<|endoftext|>"
-PAD = "<|pad|>"
-END_OF_TURN = "<|end|>"
-ROLE_MARKERS = ["<|system|>", "<|user|>", "<|assistant|>"]
-SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_MARKERS]
-
-# Assistant turns sit inside {% generation %} so SFT can train on them alone; the end-of-turn token is part of the
-# turn, so the model learns to stop.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'assistant' %}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
-    "{% elif message['role'] in ['system', 'user'] %}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
-    "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int) -> PreTrainedTokenizerFast:
@@ -48,7 +30,8 @@ def train_tokenizer(texts, vocab_size: int, min_frequency: int) -> PreTrainedTok
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    pieces = [piece for text in texts for piece in between_special_tokens(text)]
+    backend.train_from_iterator(pieces, trainer=trainer, length=len(pieces))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token=END_OF_TEXT,
