@@ -8,7 +8,7 @@ from pipeline.data import conversation_windows, load_dialogs, load_text, prompt_
 from pipeline.errors import PipelineError
 from pipeline.files import read_text_file
 from pipeline.hub import read_metadata
-from pipeline.sources import CORNELL_SEPARATOR, BadRows, cornell_conversations, wikitext_articles
+from pipeline.sources import CORNELL_SEPARATOR, BadRows, conversation_text, cornell_conversations, wikitext_articles
 
 
 def data_args(**kwargs):
@@ -43,6 +43,22 @@ def test_text_folder_and_glob(tmp_path):
     assert len(load_text(data_args(text_sources=[str(tmp_path / "*.txt")]))) == 2
     with pytest.raises(PipelineError, match="glob matches no files"):
         load_text(data_args(text_sources=[str(tmp_path / "*.none")]))
+
+
+def test_a_chat_text_source_renders_a_dialog_source_in_the_chat_template_with_the_same_ids(tmp_path):
+    conversations = [[{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": f"hello {i}"}]
+                     for i in range(3)] + [[{"role": "user", "content": "a monologue, no reply"}]]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"messages": m} for m in conversations])
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n\n".join(map(conversation_text, conversations)), encoding="utf-8")
+    text = load_text(data_args(text_sources=[f"chat:{path}"]))
+    assert text["text"][0] == "<|user|>hi 0<|end|><|assistant|>hello 0<|end|>"
+    assert text["text"][3] == "<|user|>a monologue, no reply<|end|>", "a conversation without a reply is text"
+    # One identity however a conversation is written: as a dialog, as plain text, in the chat template.
+    assert text["id"][:3] == load_dialogs(data_args(dialog_sources=[str(path)]))["id"]
+    assert text["id"] == load_text(data_args(text_sources=[str(plain)]))["id"]
+    with pytest.raises(PipelineError, match="nope.jsonl: file not found"):
+        load_text(data_args(text_sources=[f"chat:{tmp_path / 'nope.jsonl'}"]))
 
 
 def test_chitchat_is_validated_like_every_source_and_counts_what_it_drops():

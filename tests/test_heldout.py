@@ -71,6 +71,17 @@ def test_a_recipe_mixing_text_and_dialog_sources_holds_out_the_same_conversation
     assert {normalised(conversation_text(m)) for m in first["messages"]} <= set(held_out)
 
 
+def test_a_chat_text_source_holds_out_the_same_conversations_as_its_dialog_source(tmp_path):
+    dialogs = write_dialogs(tmp_path / "d.jsonl", [conversation(i) for i in range(60)])
+    data_args = args([dialogs], [f"chat:{dialogs}"])
+    held_out = held_out_conversations(data_args)
+    assert 5 <= len(held_out) <= 30
+    assert_never_trained_on(data_args, held_out)
+    train_text, _ = text_splits(data_args)
+    assert len(train_text) == 60 - len(held_out), "the rest is pretraining text, in the chat template"
+    assert all(document.startswith("<|user|>") for document in train_text["text"])
+
+
 def test_adding_sources_keeps_every_held_out_conversation_held_out(tmp_path):
     conversations = [conversation(i) for i in range(60)]
     dialogs, text = write_dialogs(tmp_path / "d.jsonl", conversations), write_text(tmp_path / "t.txt", conversations)

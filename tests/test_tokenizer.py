@@ -2,7 +2,8 @@ import pytest
 from conftest import run_cli, write_recipe
 from transformers import AutoTokenizer
 
-from pipeline.chat_format import SPECIAL_TOKENS
+from pipeline.chat_format import SPECIAL_TOKENS, chat_text
+from pipeline.sources import conversation_text
 from tokenizer.train import train_tokenizer
 
 CORPUS = ["hello there , how are you ?", "i am fine , thanks . and you ?", "the weather is nice today"] * 30
@@ -42,6 +43,22 @@ def test_chat_template_multi_turn_and_generation_prompt(saved_tokenizer):
                     "<|user|>how are you ?<|end|><|assistant|>")
     ids = saved_tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
     assert saved_tokenizer.decode(ids, skip_special_tokens=True) == "be kindhihello !how are you ?"
+
+
+def test_chat_text_is_what_the_chat_template_renders(saved_tokenizer):
+    messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "hello !"}, {"role": "user", "content": "how are you ?"}]
+    assert chat_text(messages) == saved_tokenizer.apply_chat_template(messages, tokenize=False)
+
+
+def test_chat_text_trains_the_tokenizer_plain_text_does_and_no_pieces_of_special_tokens():
+    conversations = [[{"role": "user", "content": line}, {"role": "assistant", "content": line[::-1]}]
+                     for line in CORPUS]
+    from_chat = train_tokenizer([chat_text(m) for m in conversations], vocab_size=400, min_frequency=1)
+    from_plain = train_tokenizer([conversation_text(m) for m in conversations], vocab_size=400, min_frequency=1)
+    pieces = [t for t in from_chat.get_vocab() if ("<|" in t or "|>" in t) and t not in SPECIAL_TOKENS]
+    assert not pieces, "the BPE learned merges of the special tokens' pieces"
+    assert from_chat.get_vocab() == from_plain.get_vocab()
 
 
 def test_assistant_mask_covers_replies_and_their_end_of_turn(saved_tokenizer):

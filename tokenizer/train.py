@@ -9,8 +9,15 @@ import time
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from pipeline.chat_format import (CHAT_TEMPLATE, END_OF_TEXT, END_OF_TURN, PAD, ROLE_MARKERS, SPECIAL_TOKENS,
-                                  between_special_tokens)
+from pipeline.chat_format import (
+    CHAT_TEMPLATE,
+    END_OF_TEXT,
+    END_OF_TURN,
+    PAD,
+    ROLE_MARKERS,
+    SPECIAL_TOKENS,
+    between_special_tokens,
+)
 from pipeline.common import metrics_table, run_stage
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
