@@ -20,6 +20,7 @@ from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
 from eval.report import render_markdown, write_plots
 from eval.stats import standard_error
 from pipeline.chat import decoding_config, mmi_rerank
+from pipeline.chat_format import END_OF_TURN
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
 from pipeline.generation import generate_reply_ids, score_conversations, scored_replies
@@ -152,7 +153,7 @@ def main(recipe, overrides):
     contexts = [tokenizer.apply_chat_template(h, add_generation_prompt=True, tokenize=False) for h in prompts]
     report["perplexity"] = {
         stage: {"held_out_text": perplexity_row(paths[stage], texts),
-                "held_out_replies": perplexity_row(paths[stage], [f"{r}<|end|>" for r in human_replies], contexts)}
+                "held_out_replies": perplexity_row(paths[stage], [f"{r}{END_OF_TURN}" for r in human_replies], contexts)}
         for stage in ("pretrain", "sft", *(["dpo"] if "dpo" in paths else []))
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)

@@ -7,7 +7,8 @@ import re
 END_OF_TEXT = "<|endoftext|>"
 PAD = "<|pad|>"
 END_OF_TURN = "<|end|>"
-ROLE_MARKERS = ["<|system|>", "<|user|>", "<|assistant|>"]
+GENERATION_PROMPT = "<|assistant|>"
+ROLE_MARKERS = ["<|system|>", "<|user|>", GENERATION_PROMPT]
 SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_MARKERS]
 SPECIAL_TOKEN = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
 

@@ -1,10 +1,12 @@
 """Chat replies and what is measured on them: prompts rendered to fit the context window, replies generated with
 left padding and kept as generated, reward-model scores, and log-likelihoods and PMI of replies."""
 
+from pipeline.chat_format import END_OF_TEXT, END_OF_TURN
+
 
 def end_of_turn_ids(tokenizer) -> list[int]:
     """Token ids that end a reply: the end-of-turn marker and end-of-text."""
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in (END_OF_TURN, END_OF_TEXT)]
     return [i for i in ids if i is not None and i != tokenizer.unk_token_id]
 
 
@@ -153,7 +155,7 @@ EMPTY_PROMPT = [{"role": "user", "content": ""}]
 
 def reply_token_ids(tokenizer, reply: str) -> list[int]:
     """Token ids of a reply as the chat template writes it after the generation prompt, end-of-turn included."""
-    return tokenizer(f"{reply}<|end|>", add_special_tokens=False)["input_ids"]
+    return tokenizer(f"{reply}{END_OF_TURN}", add_special_tokens=False)["input_ids"]
 
 
 def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[int]], batch_size: int = 32

@@ -24,6 +24,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
+from pipeline.chat_format import END_OF_TURN, GENERATION_PROMPT
 from pipeline.common import (
     last_logged,
     load_model,
@@ -150,8 +151,8 @@ def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, tra
         processing_class=tokenizer,
         model=policy,
         ref_model=ref_policy,
-        reward_model=PPORewardModel(composite, tokenizer.convert_tokens_to_ids("<|end|>"),
-                                    tokenizer.convert_tokens_to_ids("<|assistant|>")),
+        reward_model=PPORewardModel(composite, tokenizer.convert_tokens_to_ids(END_OF_TURN),
+                                    tokenizer.convert_tokens_to_ids(GENERATION_PROMPT)),
         value_model=load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1),
         train_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)}),
         eval_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, eval_prompts, max_prompt_tokens)}),

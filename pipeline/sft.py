@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, set_seed
 from trl import SFTTrainer, get_peft_config
 
+from pipeline.chat_format import END_OF_TURN
 from pipeline.common import (
     fit_context,
     last_logged,
@@ -45,7 +46,7 @@ def windows(dataset, max_turns: int, tokenizer, max_length: int) -> Dataset:
 def main(recipe, overrides):
     data_args, stage_args, training_args, model_args = recipe.parse_stage(
         "sft", overrides,
-        defaults=trainer_defaults(assistant_only_loss=True, eos_token="<|end|>",
+        defaults=trainer_defaults(assistant_only_loss=True, eos_token=END_OF_TURN,
                                   lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2,
                                   eval_strategy="no", logging_steps=10,
                                   # Windows of similar length batched together: random batches are mostly padding
@@ -59,7 +60,7 @@ def main(recipe, overrides):
     tokenizer = load_tokenizer(base_path, "base model's tokenizer")
     model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
     # A chat model's turn ends at <|end|> (the trainer's eos_token): said here, so the trainer need not realign them.
-    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|end|>")
+    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     context = model.config.max_position_embeddings
     training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
 
@@ -71,7 +72,7 @@ def main(recipe, overrides):
           + "; ".join(report.summary() for report in data_reports))
 
     sample_conversations = [[{"role": "user", "content": p}] for p in stage_args.sample_prompts]
-    greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": tokenizer.convert_tokens_to_ids("<|end|>"),
+    greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": tokenizer.convert_tokens_to_ids(END_OF_TURN),
               "pad_token_id": tokenizer.pad_token_id, "repetition_penalty": 1.2}
     base_samples = generate_replies(model, tokenizer, sample_conversations, max_prompt_tokens=context - 32, **greedy)
 
