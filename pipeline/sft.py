@@ -60,7 +60,8 @@ def main(recipe, overrides):
     tokenizer = load_tokenizer(base_path, "base model's tokenizer")
     model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
     # A chat model's turn ends at <|end|> (the trainer's eos_token): said here, so the trainer need not realign them.
-    model.config.eos_token_id = model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    model.config.eos_token_id = model.generation_config.eos_token_id = end_of_turn
     context = model.config.max_position_embeddings
     training_args.max_length = fit_context(recipe, "sft", training_args.max_length, context)
 
@@ -72,7 +73,7 @@ def main(recipe, overrides):
           + "; ".join(report.summary() for report in data_reports))
 
     sample_conversations = [[{"role": "user", "content": p}] for p in stage_args.sample_prompts]
-    greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": tokenizer.convert_tokens_to_ids(END_OF_TURN),
+    greedy = {"do_sample": False, "max_new_tokens": 32, "eos_token_id": end_of_turn,
               "pad_token_id": tokenizer.pad_token_id, "repetition_penalty": 1.2}
     base_samples = generate_replies(model, tokenizer, sample_conversations, max_prompt_tokens=context - 32, **greedy)
 
