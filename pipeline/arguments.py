@@ -82,6 +82,12 @@ class PretrainArguments:
         metadata={"help": "Training forwards return only the loss: no full-vocabulary logits copied to fp32 and no "
                   "key/value cache built every step. Evaluation and generation are unchanged."},
     )
+    chunked_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Compute the training loss a chunk of rows at a time in fp32 from the logits as the model "
+                  "made them (pipeline/cross_entropy.py) instead of over one fp32 copy of them all. Default: on "
+                  "without an accelerator, where the quickstart pretrains 1.2x faster; not measured on GPUs."},
+    )
     optimizer: Literal["adamw", "muon"] = field(
         default="adamw",
         metadata={"help": "'muon': torch.optim.Muon on the blocks' 2-D weights, AdamW on embeddings, head, norms and "

@@ -36,6 +36,7 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
+from pipeline.cross_entropy import chunked_causal_lm_loss
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
@@ -153,6 +154,8 @@ def build_model(tokenizer, shape, stage_args: PretrainArguments) -> GPT2LMHeadMo
     model.loss_type = "ForCausalLM"
     if stage_args.loss_only_in_training:
         return_only_the_loss_in_training(model)
+    if stage_args.chunked_loss if stage_args.chunked_loss is not None else not torch.accelerator.is_available():
+        model.loss_function = chunked_causal_lm_loss
     return model
 
 

@@ -1,5 +1,6 @@
 """The pretrain stage's speed settings, held in place without a GPU: one compiled graph per training step, attention
-run causal with no mask on packed blocks, the same loss as plain SDPA, and no logits out of a training forward."""
+run causal with no mask on packed blocks, the same loss as plain SDPA, no logits out of a training forward, and the
+loss in chunks equal to transformers' own."""
 
 from types import SimpleNamespace
 
@@ -10,14 +11,16 @@ from accelerate import Accelerator
 from conftest import ROOT
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments, default_data_collator
+from transformers.loss.loss_utils import ForCausalLMLoss
 
 from pipeline.arguments import PretrainArguments
 from pipeline.common import trainer_defaults
 from pipeline.config import load_recipe
+from pipeline.cross_entropy import chunked_causal_lm_loss
 from pipeline.pretrain import build_model, trainer_speed_defaults
 
 SHAPE = SimpleNamespace(n_layer=2, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
-PLAIN = PretrainArguments(causal_attention=False, loss_only_in_training=False)
+PLAIN = PretrainArguments(causal_attention=False, loss_only_in_training=False, chunked_loss=False)
 
 
 class Vocab:
@@ -71,7 +74,7 @@ def test_loss_and_gradients_match_plain_sdpa_under_compile():
     """Traced by dynamo without a cache, plain SDPA gets a dense causal mask; the stage's runs causal: same numbers."""
     blocks = packed_blocks()
     results = []
-    for stage_args in (PretrainArguments(), PLAIN):
+    for stage_args in (PretrainArguments(), PretrainArguments(causal_attention=False)):
         torch._dynamo.reset()
         model = model_with(stage_args)
         loss = torch.compile(model, backend="eager")(input_ids=blocks, labels=blocks, use_cache=False).loss
@@ -106,6 +109,32 @@ def test_the_switches_turn_the_settings_off():
     model = model_with(PLAIN)
     assert model.config._attn_implementation == "sdpa"
     assert model(input_ids=blocks, labels=blocks).logits is not None
+    assert model.loss_function is ForCausalLMLoss
+
+
+def test_the_loss_is_computed_in_chunks_by_default_on_the_cpu():
+    assert model_with(PretrainArguments()).loss_function is chunked_causal_lm_loss
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("num_items_in_batch", [None, 700])
+def test_the_chunked_loss_is_transformers_causal_lm_loss(monkeypatch, dtype, num_items_in_batch):
+    """More rows than one chunk holds, some targets ignored; the loss and its gradient as ForCausalLMLoss gives."""
+    monkeypatch.setattr("pipeline.cross_entropy.CHUNK_ELEMENTS", 64 * 1000)
+    torch.manual_seed(0)
+    logits = (3 * torch.randn(3, 300, 1000)).to(dtype)
+    labels = torch.randint(0, 1000, (3, 300))
+    labels[:, :40] = -100
+    results = []
+    for loss_function in (ForCausalLMLoss, chunked_causal_lm_loss):
+        leaf = logits.clone().requires_grad_()
+        loss = loss_function(leaf, labels, 1000, num_items_in_batch=num_items_in_batch)
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    (expected, expected_grad), (loss, grad) = results
+    assert grad.dtype == dtype
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(grad.float(), expected_grad.float(), rtol=0.01, atol=1e-8)
 
 
 def test_host_waits_are_off_and_gpu_input_settings_only_with_cuda():
