@@ -3,9 +3,9 @@ chunk of rows at a time in fp32 from the logits as the model made them.
 
 transformers upcasts all the logits to fp32 and runs one cross-entropy over them. Under CPU bf16 autocast that is a
 copy of every logit to fp32, a log-softmax backward over the whole fp32 matrix and a copy of its gradient back to
-bf16: for the quickstart's 3,072 tokens a step over a 4,096 vocabulary, 87 ms of a 400 ms step on a 2-core CPU. A
-chunk of rows whose fp32 logits fit in cache does the same arithmetic in 28 ms (docs/results.md, "The loss in
-chunks"); the loss is the same to the last bit and each gradient entry differs by at most bf16's rounding.
+bf16: for the quickstart's 3,072 tokens a step over a 4,096 vocabulary, 87 ms of a 400 ms step on a 2-core CPU.
+Chunks of rows whose fp32 logits fit in cache do the same arithmetic in 28 ms (docs/results.md, "The loss in
+chunks"); the loss agrees to fp32 rounding, the gradient to bf16's.
 """
 
 import torch
