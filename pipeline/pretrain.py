@@ -154,7 +154,12 @@ def build_model(tokenizer, shape, stage_args: PretrainArguments) -> GPT2LMHeadMo
     model.loss_type = "ForCausalLM"
     if stage_args.loss_only_in_training:
         return_only_the_loss_in_training(model)
-    if stage_args.chunked_loss if stage_args.chunked_loss is not None else not torch.accelerator.is_available():
+    chunked_loss = stage_args.chunked_loss
+    if chunked_loss is None:
+        # Off on accelerators by default (not measured there): at GPT-2's vocabulary its loop launches thousands of
+        # kernels a step.
+        chunked_loss = not torch.accelerator.is_available()
+    if chunked_loss:
         model.loss_function = chunked_causal_lm_loss
     return model
 
