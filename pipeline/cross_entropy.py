@@ -16,6 +16,12 @@ from torch import nn
 CHUNK_ELEMENTS = 2**20
 
 
+def row_chunks(logits: torch.Tensor) -> list[slice]:
+    """Slices of `logits`' rows holding about CHUNK_ELEMENTS logits each."""
+    rows = max(1, CHUNK_ELEMENTS // logits.size(1))
+    return [slice(start, start + rows) for start in range(0, logits.size(0), rows)]
+
+
 class ChunkedCrossEntropy(torch.autograd.Function):
     """Per-row cross-entropy of `logits` (rows × vocabulary, any float dtype) against `targets`; rows whose target is
     `ignore_index` get 0. The forward keeps each row's log-sum-exp; the backward recomputes softmax chunk by chunk."""
@@ -24,12 +30,9 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
         valid = targets != ignore_index
         targets = torch.where(valid, targets, 0)
-        rows = max(1, CHUNK_ELEMENTS // logits.size(1))
-        log_normalizer = torch.cat([torch.logsumexp(logits[start:start + rows].float(), dim=-1)
-                                    for start in range(0, logits.size(0), rows)])
+        log_normalizer = torch.cat([torch.logsumexp(logits[chunk].float(), dim=-1) for chunk in row_chunks(logits)])
         target_logits = logits.gather(1, targets[:, None]).squeeze(1).float()
         ctx.save_for_backward(logits, targets, valid, log_normalizer)
-        ctx.rows = rows
         return torch.where(valid, log_normalizer - target_logits, 0.0)
 
     @staticmethod
@@ -37,11 +40,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         logits, targets, valid, log_normalizer = ctx.saved_tensors
         scale = torch.where(valid, grad_losses, 0.0)
         grad = torch.empty_like(logits)
-        for start in range(0, logits.size(0), ctx.rows):
-            end = start + ctx.rows
-            softmax = (logits[start:end].float() - log_normalizer[start:end, None]).exp_()
-            softmax.scatter_add_(1, targets[start:end, None], softmax.new_full((softmax.size(0), 1), -1.0))
-            grad[start:end] = softmax.mul_(scale[start:end, None])
+        for chunk in row_chunks(logits):
+            softmax = (logits[chunk].float() - log_normalizer[chunk, None]).exp_()
+            softmax.scatter_add_(1, targets[chunk, None], softmax.new_full((softmax.size(0), 1), -1.0))
+            grad[chunk] = softmax.mul_(scale[chunk, None])
         return grad, None, None
 
 
