@@ -115,7 +115,7 @@ def bench_pipeline(shape, steps, warmup, bf16, compile_model, tmp_dir):
     tokenizer = _FakeVocab(shape["vocab"])
     model = build_model(tokenizer, SimpleNamespace(n_layer=shape["n_layer"], n_embd=shape["n_embd"],
                                                    n_head=shape["n_head"], n_positions=shape["n_positions"],
-                                                   dropout=0.0), PretrainArguments())
+                                                   dropout=0.0), PretrainArguments(), bf16)
     blocks = torch.randint(0, shape["vocab"], ((warmup + steps) * shape["batch"], shape["n_positions"]))
     data = Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()}).with_format("torch")
     args = TrainingArguments(output_dir=tmp_dir, max_steps=warmup + steps, per_device_train_batch_size=shape["batch"],

@@ -107,7 +107,7 @@ def train(recipe, overrides: list[str], blocks, eval_blocks, tokenizer, output_d
     args.output_dir, args.max_steps, args.save_strategy, args.eval_strategy = output_dir, max_steps, "no", "no"
     args.report_to, args.disable_tqdm, args.logging_steps = [], True, 10**9
     set_seed(args.seed)
-    model = build_model(tokenizer, shape, stage_args)
+    model = build_model(tokenizer, shape, stage_args, args.bf16)
     budget = Budget(marks, skip_steps)
     Trainer(model=model, args=args, train_dataset=blocks, eval_dataset=eval_blocks,
             data_collator=default_data_collator, callbacks=[budget],

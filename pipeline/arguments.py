@@ -72,10 +72,13 @@ class PretrainArguments:
         default=64, metadata={"help": "Round the embedding matrix up to a multiple of this (faster matmuls)."}
     )
     max_eval_blocks: int | None = field(default=None, metadata={"help": "Cap on held-out blocks evaluated."})
-    causal_attention: bool = field(
-        default=True,
-        metadata={"help": "Run attention as SDPA's causal kernel with no mask (FlashAttention/cuDNN on GPUs), also "
-                  "under torch.compile; valid because packed blocks have no padding."},
+    attention: Literal["sdpa_causal", "matmul_causal", "sdpa"] | None = field(
+        default=None,
+        metadata={"help": "Attention kernel (pipeline/attention.py). 'sdpa_causal': SDPA's causal kernel with no mask "
+                  "(FlashAttention/cuDNN on GPUs, also under torch.compile); 'matmul_causal': two matmuls and a "
+                  "softmax masked causally in place, faster on CPUs in bf16; both valid because packed blocks "
+                  "have no padding. 'sdpa': transformers' default, with a mask. Default: matmul_causal for bf16 on a "
+                  "CPU, sdpa_causal elsewhere."},
     )
     loss_only_in_training: bool = field(
         default=True,

@@ -12,6 +12,7 @@ from collections import defaultdict
 from transformers import AutoModelForCausalLM, set_seed
 from trl import DPOTrainer
 
+from pipeline.attention import padded_attention
 from pipeline.common import (
     fit_context,
     last_logged,
@@ -75,8 +76,9 @@ def main(recipe, overrides):
     check_writable(recipe.run.hub_dir)
     sft_path = recipe.hub_path("sft")
     tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
-    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)
-    reference = load_model(sft_path, AutoModelForCausalLM, "SFT model")
+    attention = padded_attention(config.bf16)
+    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    reference = load_model(sft_path, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
     context = policy.config.max_position_embeddings
     config.max_length = fit_context(recipe, "dpo", config.max_length, context)
 

@@ -24,6 +24,7 @@ from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 from trl.experimental.ppo import PPOTrainer
 
 from eval.metrics import load_metric
+from pipeline.attention import padded_attention
 from pipeline.chat_format import END_OF_TURN, GENERATION_PROMPT
 from pipeline.common import (
     last_logged,
@@ -153,7 +154,8 @@ def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, tra
         ref_model=ref_policy,
         reward_model=PPORewardModel(composite, tokenizer.convert_tokens_to_ids(END_OF_TURN),
                                     tokenizer.convert_tokens_to_ids(GENERATION_PROMPT)),
-        value_model=load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1),
+        value_model=load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1,
+                               attn_implementation=padded_attention(config.bf16)),
         train_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)}),
         eval_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, eval_prompts, max_prompt_tokens)}),
         callbacks=[guards],
@@ -192,14 +194,15 @@ def main(recipe, overrides):
         raise PipelineError(f"{reward_path}: the reward model was built for another tokenizer than {sft_path}; "
                             "train the reward model from this run's SFT model")
     tokenizer.padding_side = "left"
-    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)
+    attention = padded_attention(config.bf16)
+    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
     # Rollouts must sample from the policy's plain distribution: the chat defaults (repetition penalty, top-p) would
     # make the sampled log-probs disagree with the training forward pass and bias the ratio and the KL.
     policy.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    ref_policy = load_model(sft_path, AutoModelForCausalLM, "SFT model")
+    ref_policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
     reward_model = load_model(reward_path, AutoModelForSequenceClassification, "reward model", tokenizer=tokenizer,
-                              num_labels=1)
+                              num_labels=1, attn_implementation=attention)
     context = policy.config.max_position_embeddings
     max_prompt_tokens = min(stage_args.max_prompt_length, context - config.response_length)
     if max_prompt_tokens <= 0:

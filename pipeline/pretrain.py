@@ -11,7 +11,6 @@ from itertools import chain
 
 import torch
 from transformers import (
-    AttentionInterface,
     GenerationConfig,
     GPT2Config,
     GPT2LMHeadModel,
@@ -20,10 +19,10 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
 
 from pipeline.arguments import PretrainArguments
+from pipeline.attention import default_causal_attention, register_causal_attention
 from pipeline.common import (
     last_logged,
     load_tokenizer,
@@ -43,11 +42,6 @@ from pipeline.hub import card_metadata, check_writable, push
 from pipeline.optimizers import build_optimizer
 
 logger = logging.getLogger("minichatgpt.pretrain")
-
-# SDPA registered under a name transformers' mask code does not know, so that it builds no mask and SDPA runs with
-# is_causal=True. Under torch.compile the mask code cannot prove that blocks are unpadded and builds a dense
-# (B, 1, T, T) mask for plain "sdpa", which rules out the FlashAttention and cuDNN kernels.
-CAUSAL_SDPA = "sdpa_causal"
 
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
@@ -127,12 +121,12 @@ def pack_blocks(dataset, tokenizer, block_size: int, num_proc: int | None):
     return tokenized.map(group, batched=True, batch_size=1000, num_proc=num_proc, desc="packing")
 
 
-def build_model(tokenizer, shape, stage_args: PretrainArguments) -> GPT2LMHeadModel:
-    """A fresh GPT-2 set up for training on packed blocks (see PretrainArguments for the switches)."""
+def build_model(tokenizer, shape, stage_args: PretrainArguments, bf16: bool) -> GPT2LMHeadModel:
+    """A fresh GPT-2 set up for training on packed blocks, in bf16 autocast or not (see PretrainArguments for the
+    switches)."""
     pad_to = stage_args.pad_vocab_to_multiple_of
     vocab_size = math.ceil(len(tokenizer) / pad_to) * pad_to
-    if stage_args.causal_attention:
-        AttentionInterface.register(CAUSAL_SDPA, sdpa_attention_forward)
+    register_causal_attention()
     config = GPT2Config(
         vocab_size=vocab_size,
         n_positions=shape.n_positions,
@@ -147,7 +141,7 @@ def build_model(tokenizer, shape, stage_args: PretrainArguments) -> GPT2LMHeadMo
         bos_token_id=tokenizer.eos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        attn_implementation=CAUSAL_SDPA if stage_args.causal_attention else "sdpa",
+        attn_implementation=stage_args.attention or default_causal_attention(bf16),
     )
     model = GPT2LMHeadModel(config)
     # The class name maps to no loss type, so every forward would log a warning: a graph break under torch.compile.
@@ -221,7 +215,7 @@ def main(recipe, overrides):
         training_args.eval_strategy = "no"
         eval_blocks = None
 
-    model = build_model(tokenizer, shape, stage_args)
+    model = build_model(tokenizer, shape, stage_args, training_args.bf16)
     n_params = model.num_parameters()
     print(f"model: GPT-2 {shape.n_layer}x{shape.n_embd}, {shape.n_head} heads, context {shape.n_positions}, "
           f"vocab {model.config.vocab_size}: {n_params / 1e6:.2f}M parameters; {len(train_blocks)} training blocks")

@@ -10,6 +10,7 @@ from collections import defaultdict
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardTrainer
 
+from pipeline.attention import padded_attention
 from pipeline.common import (
     fit_context,
     load_model,
@@ -60,7 +61,8 @@ def main(recipe, overrides):
     check_writable(recipe.run.hub_dir)
     sft_path = recipe.hub_path("sft")
     tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
-    model = load_model(sft_path, AutoModelForSequenceClassification, "SFT model", tokenizer=tokenizer, num_labels=1)
+    model = load_model(sft_path, AutoModelForSequenceClassification, "SFT model", tokenizer=tokenizer, num_labels=1,
+                       attn_implementation=padded_attention(training_args.bf16))
     model.config.pad_token_id = tokenizer.pad_token_id
     training_args.max_length = fit_context(recipe, "reward", training_args.max_length,
                                            model.config.max_position_embeddings)

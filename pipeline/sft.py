@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, set_seed
 from trl import SFTTrainer, get_peft_config
 
+from pipeline.attention import padded_attention
 from pipeline.chat_format import END_OF_TURN
 from pipeline.common import (
     fit_context,
@@ -58,7 +59,8 @@ def main(recipe, overrides):
     resume = resume_checkpoint(training_args, recipe.fingerprint("sft", overrides))
     base_path = stage_args.base_model or str(recipe.hub_path("pretrain"))
     tokenizer = load_tokenizer(base_path, "base model's tokenizer")
-    model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer)
+    model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer,
+                       attn_implementation=padded_attention(training_args.bf16))
     # A chat model's turn ends at <|end|> (the trainer's eos_token): said here, so the trainer need not realign them.
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.config.eos_token_id = model.generation_config.eos_token_id = end_of_turn

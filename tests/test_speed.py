@@ -64,7 +64,7 @@ def test_an_unknown_precision_is_one_clear_error(tmp_path):
 
 
 def test_muon_takes_exactly_the_blocks_weight_matrices():
-    model = build_model(Vocab(), SHAPE, PretrainArguments())
+    model = build_model(Vocab(), SHAPE, PretrainArguments(), bf16=False)
     hidden = hidden_matrices(model)
     expected = {f"transformer.h.{i}.{name}.weight" for i in range(SHAPE.n_layer)
                 for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
@@ -84,7 +84,7 @@ def test_muon_takes_exactly_the_blocks_weight_matrices():
 
 def muon_steps(optimizer_class, steps=3, **dtype):
     torch.manual_seed(0)
-    model = build_model(Vocab(), SHAPE, PretrainArguments())
+    model = build_model(Vocab(), SHAPE, PretrainArguments(), bf16=False)
     matrices = [param for name, param in model.named_parameters() if name in set(hidden_matrices(model))]
     optimizer = optimizer_class(matrices, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw", **dtype)
     ids = torch.randint(2, 100, (4, SHAPE.n_positions))
@@ -105,12 +105,12 @@ def test_muon_takes_torchs_steps_bit_for_bit_in_bf16_and_close_to_them_in_fp32()
 
 
 def test_muon_orthogonalizes_in_bf16_only_where_the_machine_has_bf16_instructions():
-    optimizer = MuonWithAdamW(build_model(Vocab(), SHAPE, PretrainArguments()), lr=1e-3, weight_decay=0.1)
+    optimizer = MuonWithAdamW(build_model(Vocab(), SHAPE, PretrainArguments(), bf16=False), lr=1e-3, weight_decay=0.1)
     assert optimizer.muon.newton_schulz_dtype == (torch.bfloat16 if native_bf16() else torch.float32)
 
 
 def test_a_scheduled_learning_rate_reaches_both_optimizers_and_their_state_round_trips():
-    model = build_model(Vocab(), SHAPE, PretrainArguments())
+    model = build_model(Vocab(), SHAPE, PretrainArguments(), bf16=False)
     optimizer = MuonWithAdamW(model, lr=1e-2, weight_decay=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
     ids = torch.randint(2, 100, (2, SHAPE.n_positions))
@@ -127,7 +127,7 @@ def test_a_scheduled_learning_rate_reaches_both_optimizers_and_their_state_round
 
 
 def test_the_trainers_schedule_reaches_muon_and_adamw(tmp_path):
-    model = build_model(Vocab(), SHAPE, PretrainArguments())
+    model = build_model(Vocab(), SHAPE, PretrainArguments(), bf16=False)
     blocks = torch.randint(2, 100, (40, SHAPE.n_positions)).tolist()
     optimizer = MuonWithAdamW(model, lr=1e-2, weight_decay=0.1)
     seen = []
