@@ -21,11 +21,9 @@ import argparse
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from eval.metrics import load_metric
@@ -36,40 +34,22 @@ from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import generate_reply_ids, scored_replies
 
-ROOT = Path(__file__).resolve().parent.parent
+from stage_variants import run_stage_script, variant_recipe
+
 RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 FIELDS = ("win_rate", "recall_at_1", "specificity", "specificity_gain", "specificity_gain_se", "echo_rate",
           "repeated_3gram", "distinct_2", "reply_words", "final_kl")
 
 
-def seed_recipe(recipe, work: Path, algorithm: str, seed: int) -> Path:
-    """A copy of the recipe writing to the benchmark's hub under its own run name, the run's SFT and reward models
-    linked in under that name."""
+def run_policy_stage(recipe, work: Path, algorithm: str, seed: int) -> tuple[str, str]:
+    """Train one policy from the run's SFT and reward models; returns its run name and the stage whose hub folder
+    holds it."""
     name = f"{recipe.run_name}-{algorithm}-s{seed}"
-    hub = work / "hub"
-    hub.mkdir(parents=True, exist_ok=True)
-    for stage in ("sft", "reward"):
-        link = hub / f"{name}-{stage}"
-        if not link.exists():
-            # To the run's name, not the revision it points at: that one is pruned after a few more pushes.
-            link.symlink_to(recipe.hub_path(stage).parent.resolve() / recipe.hub_name(stage), target_is_directory=True)
-    raw = yaml.safe_load(recipe.path.read_text(encoding="utf-8"))
-    raw.update(run_name=name, hub_dir=str(hub), output_root=str(work / "runs"))
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    return path
-
-
-def run_stage(recipe_path: Path, algorithm: str, seed: int) -> str:
-    """Train one policy; returns the stage whose hub folder holds it."""
+    path = variant_recipe(recipe, work, name, linked_stages=("sft", "reward"))
     stage = "dpo" if algorithm == "dpo" else "ppo"
-    command = [sys.executable, str(ROOT / "pipeline" / f"{stage}.py"), "--config", str(recipe_path), "--seed", str(seed),
-               *(["--algorithm", algorithm] if stage == "ppo" else [])]
-    print("$ " + " ".join(command), flush=True)
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"{algorithm} seed {seed} failed:\n{result.stderr.strip()[-2000:]}")
-    return stage
+    run_stage_script(stage, path, ["--seed", str(seed), *(["--algorithm", algorithm] if stage == "ppo" else [])],
+                     f"{algorithm} seed {seed}")
+    return name, stage
 
 
 class Evaluator:
@@ -168,9 +148,8 @@ def main():
         for algorithm in args.algorithms:
             rows = []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                path = seed_recipe(recipe, work, algorithm, seed)
-                stage = run_stage(path, algorithm, seed)
-                rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{path.stem}-{stage}")})
+                name, stage = run_policy_stage(recipe, work, algorithm, seed)
+                rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{name}-{stage}")})
                 print(f"{algorithm} seed {seed}: " + ", ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
             mean, std = summary(rows)
             report[algorithm] = {"seeds": rows, "mean": mean, "std": std}

@@ -16,49 +16,29 @@ the first in recall and specificity, with standard errors.
 import argparse
 import json
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
 from transformers import AutoModelForCausalLM, set_seed
 
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
 from eval.run import decoded_reply_ids, perplexity_row
-from eval.stats import standard_error
 from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import reply_texts
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def paired(values: list[float], reference: list[float]) -> tuple[float, float]:
-    """Mean difference and its standard error, item by item."""
-    differences = [v - r for v, r in zip(values, reference)]
-    return statistics.fmean(differences), standard_error(differences)
+from stage_variants import paired, run_stage_script, variant_recipe
 
 
 def train_variant(recipe, work: Path, index: int, overrides: list[str]) -> tuple[Path, float]:
     """Run the SFT stage for one variant; returns its hub folder and training seconds."""
     name = f"{recipe.run_name}-sft{index}"
-    raw = yaml.safe_load(recipe.path.read_text(encoding="utf-8"))
-    raw.update(run_name=name, hub_dir=str(work / "hub"), output_root=str(work / "runs"))
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    # A checkpoint left by an earlier benchmark would make the stage resume (or refuse other settings).
-    shutil.rmtree(work / "runs" / name, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "pipeline" / "sft.py"), "--config", str(path),
-               "--base_model", str(recipe.hub_path("pretrain")), *overrides]
-    print("$ " + shlex.join(command), flush=True)
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise PipelineError(f"variant {index} ({shlex.join(overrides) or 'the recipe'}) failed:\n"
-                            f"{result.stderr.strip()[-2000:]}")
+    path = variant_recipe(recipe, work, name)
+    run_stage_script("sft", path, ["--base_model", str(recipe.hub_path("pretrain").absolute()), *overrides],
+                     f"variant {index} ({shlex.join(overrides) or 'the recipe'})")
     folder = work / "hub" / f"{name}-sft"
     metrics = json.loads((folder / "minichatgpt.json").read_text(encoding="utf-8"))["metrics"]
     return folder, metrics["wall_seconds"]

@@ -122,6 +122,30 @@ def test_sft_settings_benchmark_trains_each_variant_from_the_base_and_pairs_it_w
     assert "| --max_steps 3 |" in result.stdout
 
 
+@pytest.mark.slow
+def test_reward_settings_benchmark_trains_each_variant_from_the_sft_model_on_the_same_held_out_pairs(smoke_run,
+                                                                                                     tmp_path):
+    seed_hub(smoke_run, tmp_path, "rmbench", "tokenizer", "base", "sft")
+    recipe = write_recipe(tmp_path / "rmbench.yaml", tmp_path, reward={"max_steps": 4, "eval_pairs": 40})
+    result = run_cli([ROOT / "bench" / "reward_settings.py", "--config", recipe, "--variants", "",
+                      "--max_steps 2 --rejected_weights 4 1 1 1 1", "--json", tmp_path / "rm.json"], timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "rm.json").read_text())
+    first, second = report["variants"]
+    assert report["pairs"] == len(first["correct"]) == len(second["correct"]) == 40
+    assert second["variant"] == "--max_steps 2 --rejected_weights 4 1 1 1 1"
+    assert {"all", "other_conversation", "truncated"} <= set(first["accuracy"])
+    assert first["difference"]["all"] == {"difference": 0.0, "se": 0.0}
+    assert second["difference"]["all"]["difference"] == pytest.approx(
+        second["accuracy"]["all"]["accuracy"] - first["accuracy"]["all"]["accuracy"])
+    bench_hub = tmp_path / "runs" / "rmbench" / "reward_settings" / "hub"
+    steps = [json.loads((bench_hub / f"rmbench-rm{i}-reward" / "minichatgpt.json").read_text())["log_history"][-1]["step"]
+             for i in (0, 1)]
+    assert steps == [4, 2]
+    assert not (tmp_path / "hub" / "rmbench-reward").exists(), "the run's own hub is not written"
+    assert "| --max_steps 2 --rejected_weights 4 1 1 1 1 |" in result.stdout
+
+
 def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than_untrained(smoke_run, tmp_path):
     seed_hub(smoke_run, tmp_path, "rm", "tokenizer", "base", "sft")
     degraded = ["truncated", "shuffled", "looped", "generic"]

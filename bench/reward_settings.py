@@ -1,0 +1,112 @@
+"""Reward-model settings compared from one SFT model: each variant trains with the reward stage's own code from the
+run's SFT model and is scored on the evaluation's held-out pairs, overall and per rejected kind, every variant paired
+against the first on the same pairs, so that a difference can be told from noise.
+
+    python pipeline/run.py --config recipes/chat-hour.yaml --skip_eval     # once: the run's SFT model
+    python bench/reward_settings.py --config recipes/chat-hour.yaml --variants "" "--max_steps 1800" "--rejected_weights 4 1 1 1 1"
+
+Each variant is `pipeline/reward.py --config <copy> <its overrides>` on a copy of the recipe named {run}-rm{i} whose hub
+is {output_root}/{run}/reward_settings/hub, with the run's SFT model linked in: the run's own models are never written.
+The held-out pairs are the evaluation's (the recipe's own reward settings build them, whatever a variant overrides), so
+every variant is judged on the same pairs. Per variant: the stage's training seconds, accuracy on all held-out pairs
+and on each rejected kind with standard errors, and for each variant after the first its paired difference from the
+first.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from transformers import AutoModelForSequenceClassification
+
+from eval.stats import standard_error
+from pipeline.common import load_model, load_tokenizer, trainer_defaults
+from pipeline.config import load_recipe
+from pipeline.data import load_dialogs, split_eval
+from pipeline.errors import PipelineError
+from pipeline.generation import score_conversations
+from pipeline.preferences import preference_splits
+
+from stage_variants import paired, run_stage_script, variant_recipe
+
+
+def train_variant(recipe, work: Path, index: int, overrides: list[str]) -> tuple[Path, float]:
+    """Run the reward stage for one variant; returns its hub folder and training seconds."""
+    name = f"{recipe.run_name}-rm{index}"
+    path = variant_recipe(recipe, work, name, linked_stages=("sft",))
+    run_stage_script("reward", path, overrides, f"variant {index} ({shlex.join(overrides) or 'the recipe'})")
+    folder = work / "hub" / f"{name}-reward"
+    metrics = json.loads((folder / "minichatgpt.json").read_text(encoding="utf-8"))["metrics"]
+    return folder, metrics["wall_seconds"]
+
+
+class HeldOutPairs:
+    """The evaluation's held-out preference pairs, the same for every variant."""
+
+    def __init__(self, recipe):
+        data_args, _ = recipe.parse_stage("eval", [])
+        reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
+        _, self.pairs, self.how = preference_splits(
+            data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
+            recipe.reward_context_turns(reward_args), reward_config.seed, reward_args.max_pairs,
+            reward_args.eval_pairs, dialogs=split_eval(load_dialogs(data_args), data_args))
+
+    def score(self, folder: Path) -> dict:
+        """1 for each pair whose chosen reply the model scores above the rejected one, else 0."""
+        tokenizer = load_tokenizer(folder, "reward model's tokenizer")
+        model = load_model(folder, AutoModelForSequenceClassification, "reward model", num_labels=1)
+        chosen, rejected = (score_conversations(model, tokenizer, [p + r for p, r in zip(self.pairs["prompt"],
+                                                                                      self.pairs[side])])
+                            for side in ("chosen", "rejected"))
+        return {"correct": [float(c > r) for c, r in zip(chosen, rejected)]}
+
+
+def accuracy_cell(correct: list[float]) -> str:
+    return f"{sum(correct) / len(correct):.3f} ± {standard_error(correct):.3f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="recipes/chat-hour.yaml", help="the run whose SFT model to start from")
+    parser.add_argument("--variants", nargs="+", default=[""],
+                        help="reward overrides per variant, each one quoted string (\"\" is the recipe's own settings)")
+    parser.add_argument("--json", help="also write the report here")
+    args = parser.parse_args()
+    try:
+        recipe = load_recipe(args.config)
+        work = Path(recipe.output_dir("reward_settings")).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        held_out = HeldOutPairs(recipe)
+        rows = []
+        for index, variant in enumerate(args.variants):
+            folder, seconds = train_variant(recipe, work, index, shlex.split(variant))
+            rows.append({"variant": variant or "the recipe", "train_seconds": seconds, **held_out.score(folder)})
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    kinds = held_out.pairs["kind"]
+    groups = {"all": list(range(len(kinds))),
+              **{kind: [i for i, k in enumerate(kinds) if k == kind] for kind in sorted(set(kinds))}}
+    first = rows[0]
+    print(f"\n{len(held_out.pairs)} held-out pairs ({held_out.how}); accuracy ± SE, then the paired difference from "
+          f"the first variant\n\n| variant | train s | " + " | ".join(f"{g} ({len(i)})" for g, i in groups.items())
+          + " |\n|---|---|" + "---|" * len(groups))
+    for row in rows:
+        row["accuracy"], row["difference"] = {}, {}
+        cells = []
+        for group, indices in groups.items():
+            correct = [row["correct"][i] for i in indices]
+            difference, se = paired(correct, [first["correct"][i] for i in indices])
+            row["accuracy"][group] = {"accuracy": sum(correct) / len(correct), "se": standard_error(correct)}
+            row["difference"][group] = {"difference": difference, "se": se}
+            cells.append(accuracy_cell(correct) + ("" if row is first else f" ({difference:+.3f} ± {se:.3f})"))
+        print(f"| {row['variant']} | {row['train_seconds']:.0f} | " + " | ".join(cells) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"recipe": str(recipe.path), "pairs": len(held_out.pairs),
+                                               "how": held_out.how, "variants": rows}, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
