@@ -3,19 +3,18 @@ run's SFT model and is scored on the evaluation's held-out pairs, overall and pe
 against the first on the same pairs, so that a difference can be told from noise.
 
     python pipeline/run.py --config recipes/chat-hour.yaml --skip_eval     # once: the run's SFT model
-    python bench/reward_settings.py --config recipes/chat-hour.yaml --variants "" "--max_steps 1800" "--rejected_weights 4 1 1 1 1"
+    python bench/reward_settings.py --config recipes/chat-hour.yaml --variants "" "--rejected_weights 8 1 1 1 1"
 
-Each variant is `pipeline/reward.py --config <copy> <its overrides>` on a copy of the recipe named {run}-rm{i} whose hub
-is {output_root}/{run}/reward_settings/hub, with the run's SFT model linked in: the run's own models are never written.
-The held-out pairs are the evaluation's (the recipe's own reward settings build them, whatever a variant overrides), so
-every variant is judged on the same pairs. Per variant: the stage's training seconds, accuracy on all held-out pairs
-and on each rejected kind with standard errors, and for each variant after the first its paired difference from the
-first.
+Each variant is `pipeline/reward.py --config <copy> <its overrides>` on a copy of the recipe named {run}-reward{i}
+whose hub is {output_root}/{run}/reward_settings/hub, with the run's SFT model linked in: the run's own models are
+never written. The held-out pairs are the evaluation's (the recipe's own reward settings build them, whatever a variant
+overrides), so every variant is judged on the same pairs. Per variant: the stage's training seconds, accuracy on all
+held-out pairs and on each rejected kind with standard errors, and for each variant after the first its paired
+difference from the first.
 """
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
@@ -29,17 +28,7 @@ from pipeline.errors import PipelineError
 from pipeline.generation import score_conversations
 from pipeline.preferences import preference_splits
 
-from stage_variants import paired, run_stage_script, variant_recipe
-
-
-def train_variant(recipe, work: Path, index: int, overrides: list[str]) -> tuple[Path, float]:
-    """Run the reward stage for one variant; returns its hub folder and training seconds."""
-    name = f"{recipe.run_name}-rm{index}"
-    path = variant_recipe(recipe, work, name, linked_stages=("sft",))
-    run_stage_script("reward", path, overrides, f"variant {index} ({shlex.join(overrides) or 'the recipe'})")
-    folder = work / "hub" / f"{name}-reward"
-    metrics = json.loads((folder / "minichatgpt.json").read_text(encoding="utf-8"))["metrics"]
-    return folder, metrics["wall_seconds"]
+from stage_variants import paired, train_variants
 
 
 class HeldOutPairs:
@@ -71,18 +60,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="recipes/chat-hour.yaml", help="the run whose SFT model to start from")
     parser.add_argument("--variants", nargs="+", default=[""],
-                        help="reward overrides per variant, each one quoted string (\"\" is the recipe's own settings)")
+                        help="reward overrides per variant, each one quoted string (\"\" is the recipe's own)")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args()
     try:
         recipe = load_recipe(args.config)
-        work = Path(recipe.output_dir("reward_settings")).resolve()
-        work.mkdir(parents=True, exist_ok=True)
         held_out = HeldOutPairs(recipe)
-        rows = []
-        for index, variant in enumerate(args.variants):
-            folder, seconds = train_variant(recipe, work, index, shlex.split(variant))
-            rows.append({"variant": variant or "the recipe", "train_seconds": seconds, **held_out.score(folder)})
+        rows = train_variants(recipe, "reward", args.variants, held_out.score, linked_stages=("sft",))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

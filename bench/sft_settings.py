@@ -15,7 +15,6 @@ the first in recall and specificity, with standard errors.
 
 import argparse
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -30,18 +29,7 @@ from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import reply_texts
 
-from stage_variants import paired, run_stage_script, variant_recipe
-
-
-def train_variant(recipe, work: Path, index: int, overrides: list[str]) -> tuple[Path, float]:
-    """Run the SFT stage for one variant; returns its hub folder and training seconds."""
-    name = f"{recipe.run_name}-sft{index}"
-    path = variant_recipe(recipe, work, name)
-    run_stage_script("sft", path, ["--base_model", str(recipe.hub_path("pretrain").absolute()), *overrides],
-                     f"variant {index} ({shlex.join(overrides) or 'the recipe'})")
-    folder = work / "hub" / f"{name}-sft"
-    metrics = json.loads((folder / "minichatgpt.json").read_text(encoding="utf-8"))["metrics"]
-    return folder, metrics["wall_seconds"]
+from stage_variants import paired, train_variants
 
 
 class HeldOut:
@@ -85,13 +73,9 @@ def main():
     args = parser.parse_args()
     try:
         recipe = load_recipe(args.config)
-        work = Path(recipe.output_dir("sft_settings")).resolve()
-        work.mkdir(parents=True, exist_ok=True)
         held_out = HeldOut(recipe, args.ranking_contexts)
-        rows = []
-        for index, variant in enumerate(args.variants):
-            folder, seconds = train_variant(recipe, work, index, shlex.split(variant))
-            rows.append({"variant": variant or "the recipe", "train_seconds": seconds, **held_out.score(folder)})
+        rows = train_variants(recipe, "sft", args.variants, held_out.score,
+                              arguments=("--base_model", str(recipe.hub_path("pretrain").absolute())))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,6 +1,7 @@
 """What the settings benchmarks share: a copy of a run's recipe that writes to the benchmark's own hub, one stage
-trained on it with the stage's own script, and differences paired item by item."""
+trained on it with the stage's own script once per variant of its settings, and differences paired item by item."""
 
+import json
 import shlex
 import shutil
 import statistics
@@ -42,6 +43,24 @@ def run_stage_script(stage: str, recipe_path: Path, arguments: list[str], label:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise PipelineError(f"{label} failed:\n{result.stderr.strip()[-2000:]}")
+
+
+def train_variants(recipe, stage: str, variants: list[str], score, linked_stages: tuple[str, ...] = (),
+                   arguments: tuple[str, ...] = ()) -> list[dict]:
+    """Train `stage` once per variant (a quoted string of overrides; "" is the recipe's own settings) on a copy of the
+    recipe named {run}-{stage}{i} whose hub is {output_root}/{run}/{stage}_settings/hub, and score each model with
+    `score(folder)`; one row per variant: its overrides, the stage's training seconds and the scores."""
+    work = Path(recipe.output_dir(f"{stage}_settings")).resolve()
+    rows = []
+    for index, variant in enumerate(variants):
+        name = f"{recipe.run_name}-{stage}{index}"
+        path = variant_recipe(recipe, work, name, linked_stages)
+        run_stage_script(stage, path, [*arguments, *shlex.split(variant)],
+                         f"variant {index} ({variant or 'the recipe'})")
+        folder = work / "hub" / f"{name}-{stage}"
+        metrics = json.loads((folder / "minichatgpt.json").read_text(encoding="utf-8"))["metrics"]
+        rows.append({"variant": variant or "the recipe", "train_seconds": metrics["wall_seconds"], **score(folder)})
+    return rows
 
 
 def paired(values: list[float], reference: list[float]) -> tuple[float, float]:

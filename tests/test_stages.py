@@ -139,7 +139,7 @@ def test_reward_settings_benchmark_trains_each_variant_from_the_sft_model_on_the
     assert second["difference"]["all"]["difference"] == pytest.approx(
         second["accuracy"]["all"]["accuracy"] - first["accuracy"]["all"]["accuracy"])
     bench_hub = tmp_path / "runs" / "rmbench" / "reward_settings" / "hub"
-    steps = [json.loads((bench_hub / f"rmbench-rm{i}-reward" / "minichatgpt.json").read_text())["log_history"][-1]["step"]
+    steps = [json.loads((bench_hub / f"rmbench-reward{i}-reward" / "minichatgpt.json").read_text())["log_history"][-1]["step"]
              for i in (0, 1)]
     assert steps == [4, 2]
     assert not (tmp_path / "hub" / "rmbench-reward").exists(), "the run's own hub is not written"
