@@ -20,13 +20,13 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
+from eval.run import held_out_pairs
 from eval.stats import standard_error
-from pipeline.common import load_model, load_tokenizer, trainer_defaults
+from pipeline.common import load_model, load_tokenizer
 from pipeline.config import load_recipe
 from pipeline.data import load_dialogs, split_eval
 from pipeline.errors import PipelineError
-from pipeline.generation import score_conversations
-from pipeline.preferences import preference_splits
+from pipeline.generation import score_pairs
 
 from stage_variants import paired, train_variants
 
@@ -36,19 +36,13 @@ class HeldOutPairs:
 
     def __init__(self, recipe):
         data_args, _ = recipe.parse_stage("eval", [])
-        reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
-        _, self.pairs, self.how = preference_splits(
-            data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-            recipe.reward_context_turns(reward_args), reward_config.seed, reward_args.max_pairs,
-            reward_args.eval_pairs, dialogs=split_eval(load_dialogs(data_args), data_args))
+        self.pairs, self.how = held_out_pairs(recipe, data_args, split_eval(load_dialogs(data_args), data_args))
 
     def score(self, folder: Path) -> dict:
         """1 for each pair whose chosen reply the model scores above the rejected one, else 0."""
         tokenizer = load_tokenizer(folder, "reward model's tokenizer")
         model = load_model(folder, AutoModelForSequenceClassification, "reward model", num_labels=1)
-        chosen, rejected = (score_conversations(model, tokenizer, [p + r for p, r in zip(self.pairs["prompt"],
-                                                                                      self.pairs[side])])
-                            for side in ("chosen", "rejected"))
+        chosen, rejected = score_pairs(model, tokenizer, self.pairs)
         return {"correct": [float(c > r) for c, r in zip(chosen, rejected)]}
 
 

@@ -23,7 +23,7 @@ from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.chat_format import END_OF_TURN
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
-from pipeline.generation import generate_reply_ids, score_conversations, scored_replies
+from pipeline.generation import generate_reply_ids, score_pairs, scored_replies
 from pipeline.hub import add_evaluation, library_versions, read_metadata
 from pipeline.preferences import preference_splits
 
@@ -111,10 +111,19 @@ def compare_policies(models: dict, reward_model, tokenizer, prompts, human_repli
     return rows, replies
 
 
+def held_out_pairs(recipe, data_args, dialogs):
+    """The reward stage's held-out preference pairs as the recipe builds them, and how they were made; `dialogs` is
+    the (train, held-out) split of the dialogs."""
+    reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
+    _, pairs, how = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
+                                      recipe.reward_context_turns(reward_args), reward_config.seed,
+                                      reward_args.max_pairs, reward_args.eval_pairs, dialogs=dialogs)
+    return pairs, how
+
+
 def reward_accuracy(reward_model, tokenizer, pairs) -> dict:
     """Pairwise accuracy on held-out pairs, overall and per rejected kind, with standard errors."""
-    chosen, rejected = (score_conversations(reward_model, tokenizer, [p + s for p, s in zip(pairs["prompt"], pairs[side])])
-                        for side in ("chosen", "rejected"))
+    chosen, rejected = score_pairs(reward_model, tokenizer, pairs)
     by_kind = defaultdict(lambda: ([], []))
     for kind, c, r in zip(pairs["kind"], chosen, rejected):
         by_kind[kind][0].append(c)
@@ -140,7 +149,6 @@ def main(recipe, overrides):
     dialog_split = split_eval(dialogs, data_args)
     held_out_dialogs = dialog_split[1]["messages"]
     ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
-    reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
     sampled = sample_pairs(held_out_dialogs, ppo_args.context_turns, args.max_prompts, data_args.split_seed)
     prompts, human_replies = [history for _, history, _ in sampled], [reply for _, _, reply in sampled]
     rows = ranking_rows(held_out_dialogs, ppo_args.context_turns, max_contexts=args.ranking_contexts,
@@ -157,9 +165,7 @@ def main(recipe, overrides):
         for stage in ("pretrain", "sft", *(["dpo"] if "dpo" in paths else []))
     }
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
-    _, eval_pairs, _ = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-                                         recipe.reward_context_turns(reward_args), reward_config.seed,
-                                         reward_args.max_pairs, reward_args.eval_pairs, dialogs=dialog_split)
+    eval_pairs, _ = held_out_pairs(recipe, data_args, dialog_split)
     report["reward_model"] = reward_accuracy(reward_model, tokenizer, eval_pairs)
 
     budget = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings - args.max_new_tokens

@@ -129,6 +129,12 @@ def score_conversations(model, tokenizer, conversations: list[list[dict]], batch
                            tokenizer.pad_token_id, batch_size)
 
 
+def score_pairs(model, tokenizer, pairs) -> tuple[list[float], list[float]]:
+    """Reward-model scores of each preference pair's prompt + chosen reply and prompt + rejected reply."""
+    return tuple(score_conversations(model, tokenizer, [p + r for p, r in zip(pairs["prompt"], pairs[side])])
+                 for side in ("chosen", "rejected"))
+
+
 def score_sequences(model, sequences: list[list[int]], pad_token_id: int, batch_size: int = 32) -> list[float]:
     """Reward-model scores of token sequences, read at each sequence's last token; a sequence too long for the
     context window loses its oldest tokens."""

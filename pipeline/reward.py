@@ -21,7 +21,7 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
-from pipeline.generation import score_conversations
+from pipeline.generation import score_pairs
 from pipeline.hub import card_metadata, check_writable, push
 from pipeline.preferences import preference_splits
 
@@ -30,8 +30,7 @@ logger = logging.getLogger("minichatgpt.reward")
 
 def pairwise_report(model, tokenizer, pairs) -> dict:
     """Accuracy (chosen scored above rejected) and mean margin, overall and per rejected kind."""
-    chosen = score_conversations(model, tokenizer, [p + c for p, c in zip(pairs["prompt"], pairs["chosen"])])
-    rejected = score_conversations(model, tokenizer, [p + r for p, r in zip(pairs["prompt"], pairs["rejected"])])
+    chosen, rejected = score_pairs(model, tokenizer, pairs)
     by_kind = defaultdict(list)
     for kind, c, r in zip(pairs["kind"], chosen, rejected):
         by_kind["all"].append(c - r)
