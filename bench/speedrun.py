@@ -9,7 +9,9 @@ recipe's own.
 Both budget runs train the recipe's model on the recipe's pretraining text (its held-out split for the loss) with the
 stage's own code (pipeline/pretrain.py, pipeline/optimizers.py); the learning-rate schedule of each is sized to the
 last budget from that setting's measured step time, and the held-out loss is read when each budget is reached
-(training time only, evaluation not counted). The last lines are `speedup bf16/fp32 X`, `mfu_bf16 Y`,
+(training time only, evaluation not counted). The stage's tokens/s in each precision are timed over 20 steps in
+`--rounds` alternated fp32 and bf16 runs, as one such ratio moves by ±5% on a shared 2-core machine: the speedup is
+the rounds' mean ratio, MFU is the median bf16 rate's. The last lines are `speedup bf16/fp32 X`, `mfu_bf16 Y`,
 `loss_at_{N}min old A new B`.
 """
 
@@ -17,6 +19,7 @@ import argparse
 import json
 import math
 import shlex
+import statistics
 import tempfile
 import time
 
@@ -137,11 +140,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="recipe whose model, data and pretrain settings are 'new'")
     parser.add_argument("--minutes", type=float, nargs="+", default=[5.0, 10.0], help="wall-clock budgets")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="fp32 and bf16 throughput runs, alternated: the speedup is their ratios' mean")
     parser.add_argument("--old", default=OLD_SETTINGS, help="pretrain overrides that make the 'old' settings")
     parser.add_argument("--settings", nargs="+", choices=("old", "new"), default=["old", "new"],
                         help="which settings train for the budgets: `new` alone compares recipes (shapes, say) "
                         "at the same budget, run after run")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds: expected 1 or more, got {args.rounds}")
     use_cpu_cores()
     recipe = load_recipe(args.config)
     (shape,) = recipe.parse("model")
@@ -165,12 +172,19 @@ def main():
           f"GFLOP/s ({peak['bf16'] / peak['fp32']:.2f}x)", flush=True)
 
     old = shlex.split(args.old)
-    rate = {}
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("fp32", "bf16"):
-            run = train(recipe, old + ["--bf16", str(name == "bf16").lower()], blocks, eval_blocks, tokenizer, tmp,
-                        [float("inf")], WARMUP_STEPS + THROUGHPUT_STEPS, WARMUP_STEPS)
-            rate[name] = tokens_per_second(run)
+        for _ in range(args.rounds):
+            rounds.append({})
+            for name in ("fp32", "bf16"):
+                run = train(recipe, old + ["--bf16", str(name == "bf16").lower()], blocks, eval_blocks, tokenizer,
+                            tmp, [float("inf")], WARMUP_STEPS + THROUGHPUT_STEPS, WARMUP_STEPS)
+                rounds[-1][name] = tokens_per_second(run)
+        rate = {name: statistics.median(r[name] for r in rounds) for name in ("fp32", "bf16")}
+        speedups = [r["bf16"] / r["fp32"] for r in rounds]
+        spread = f" ± {statistics.stdev(speedups) / math.sqrt(len(speedups)):.2f}" if len(speedups) > 1 else ""
+        print(f"speedup bf16/fp32 per round: {' '.join(f'{x:.2f}' for x in speedups)} (mean "
+              f"{statistics.fmean(speedups):.2f}{spread}); tokens/s below are each precision's median", flush=True)
         per_token = flops_per_token(run.n_params, shape.n_layer, shape.n_embd, shape.n_positions)
         for name in ("fp32", "bf16"):
             print(f"pipeline {name}: {rate[name]:,.0f} tokens/s, {rate[name] * per_token / 1e9:.0f} GFLOP/s, "
@@ -192,7 +206,7 @@ def main():
                   f"schedule of {max_steps} steps; held-out loss "
                   + ", ".join(f"{run.losses[m]:.3f} after {m / 60:g} min (step {run.steps_at[m]})" for m in marks),
                   flush=True)
-    print(f"speedup bf16/fp32 {rate['bf16'] / rate['fp32']:.2f}")
+    print(f"speedup bf16/fp32 {statistics.fmean(speedups):.2f}")
     print(f"mfu_bf16 {rate['bf16'] * per_token / peak['bf16']:.3f}")
     for mark in marks:
         print(f"loss_at_{mark / 60:g}min " + " ".join(f"{name} {losses[name][mark]:.3f}" for name in losses))

@@ -162,8 +162,10 @@ def test_pretraining_in_bf16_with_muon_learns_and_pushes_fp32_weights_stock_tran
 def test_the_speedrun_bench_reports_every_field_on_the_smoke_shape(tmp_path):
     recipe = write_recipe(tmp_path / "bench.yaml", tmp_path, pretrain={"optimizer": "muon"})
     run_cli(["tokenizer/train.py", "--config", recipe], check=True)
-    result = run_cli(["bench/speedrun.py", "--config", recipe, "--minutes", "0.02", "0.04"], check=True)
+    result = run_cli(["bench/speedrun.py", "--config", recipe, "--minutes", "0.02", "0.04", "--rounds", "2"],
+                     check=True)
     out = result.stdout
+    assert re.search(r"speedup bf16/fp32 per round: \d+\.\d\d \d+\.\d\d \(mean \d+\.\d\d ± \d+\.\d\d\)", out)
     assert re.search(r"matmul peak on the model's shapes: fp32 \d+ GFLOP/s, bf16 \d+ GFLOP/s", out)
     assert re.search(r"pipeline fp32: [\d,]+ tokens/s, \d+ GFLOP/s, [\d.]+% of the fp32 matmul peak", out)
     assert re.search(r"pipeline bf16: [\d,]+ tokens/s, \d+ GFLOP/s, [\d.]+% of the bf16 matmul peak", out)
