@@ -27,6 +27,7 @@ from pipeline.config import load_recipe
 from pipeline.data import load_dialogs, split_eval
 from pipeline.errors import PipelineError
 from pipeline.generation import score_pairs
+from pipeline.hub import read_metadata
 
 from stage_variants import paired, train_variants
 
@@ -43,7 +44,9 @@ class HeldOutPairs:
         tokenizer = load_tokenizer(folder, "reward model's tokenizer")
         model = load_model(folder, AutoModelForSequenceClassification, "reward model", num_labels=1)
         chosen, rejected = score_pairs(model, tokenizer, self.pairs)
-        return {"correct": [float(c > r) for c, r in zip(chosen, rejected)]}
+        agreement = read_metadata(folder).get("agreement", {}).get("after")
+        return {"correct": [float(c > r) for c, r in zip(chosen, rejected)],
+                **({"spearman": agreement["spearman"]} if agreement else {})}
 
 
 def accuracy_cell(correct: list[float]) -> str:
@@ -60,17 +63,23 @@ def main():
     try:
         recipe = load_recipe(args.config)
         held_out = HeldOutPairs(recipe)
-        rows = train_variants(recipe, "reward", args.variants, held_out.score, linked_stages=("sft",))
+        rows = train_variants(recipe, "reward", args.variants, held_out.score, linked_stages=("sft",),
+                              copied_outputs=("comparisons",))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
     kinds = held_out.pairs["kind"]
     groups = {"all": list(range(len(kinds))),
-              **{kind: [i for i, k in enumerate(kinds) if k == kind] for kind in sorted(set(kinds))}}
+              **{kind: [i for i, k in enumerate(kinds) if k == kind] for kind in sorted(set(kinds)) if len(set(kinds)) > 1}}
+    if "margin" in held_out.pairs.column_names:
+        by_margin = sorted(range(len(kinds)), key=held_out.pairs["margin"].__getitem__)
+        groups |= {"smaller margin": sorted(by_margin[: len(by_margin) // 2]),
+                   "larger margin": sorted(by_margin[len(by_margin) // 2 :])}
     first = rows[0]
+    spearman = "spearman" in first
     print(f"\n{len(held_out.pairs)} held-out pairs ({held_out.how}); accuracy ± SE, then the paired difference from "
           f"the first variant\n\n| variant | train s | " + " | ".join(f"{g} ({len(i)})" for g, i in groups.items())
-          + " |\n|---|---|" + "---|" * len(groups))
+          + (" | Spearman within a prompt" if spearman else "") + " |\n|---|---|" + "---|" * (len(groups) + spearman))
     for row in rows:
         row["accuracy"], row["difference"] = {}, {}
         cells = []
@@ -80,6 +89,8 @@ def main():
             row["accuracy"][group] = {"accuracy": sum(correct) / len(correct), "se": standard_error(correct)}
             row["difference"][group] = {"difference": difference, "se": se}
             cells.append(accuracy_cell(correct) + ("" if row is first else f" ({difference:+.3f} ± {se:.3f})"))
+        if spearman:
+            cells.append(f"{row['spearman']['mean']:.3f} ± {row['spearman']['se']:.3f}")
         print(f"| {row['variant']} | {row['train_seconds']:.0f} | " + " | ".join(cells) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps({"recipe": str(recipe.path), "pairs": len(held_out.pairs),

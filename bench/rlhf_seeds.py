@@ -9,8 +9,9 @@ prints the numbers per seed and as mean ± std, so that a gain over SFT can be t
 Each run is `pipeline/ppo.py --seed S --algorithm A` (for dpo: `pipeline/dpo.py --seed S`, its `dpo:` section or
 DPOConfig's defaults) on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose hub is
 {output_root}/{run}/rlhf_seeds/hub (the run's SFT and reward models linked in), so the run's own hub is never
-written. Per policy, on every held-out prompt (greedy replies, eval.max_new_tokens; `--prompts` for fewer):
-reward-model win rate against SFT, next-reply recall@1 of 10 under the policy's likelihood (`--ranking_contexts`),
+written. Per policy, on every held-out prompt (greedy replies, eval.max_new_tokens; `--prompts` for fewer): the
+labeler's win rate against SFT, greedy and at the chat's decoding (the gold judge whose rankings the reward model
+learned), reward-model win rate against SFT, next-reply recall@1 of 10 under the policy's likelihood (`--ranking_contexts`),
 reply specificity and echo rate under an independent sentence-embedding model, the specificity gain over SFT on the
 same prompts with its standard error (paired: one seed's gain is noise unless it is well above that), repeated-3-gram
 rate, distinct-2, reply length in words, and the final KL to SFT the RL stage logged (n/a for dpo, which samples
@@ -18,13 +19,14 @@ nothing).
 """
 
 import argparse
+import copy
 import json
 import math
 import statistics
 import sys
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
 from eval.metrics import load_metric
 from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
@@ -32,13 +34,15 @@ from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
-from pipeline.generation import generate_reply_ids, scored_replies
+from pipeline.generation import end_of_turn_ids, generate_reply_ids, scored_replies
+from pipeline.labeler import recipe_labeler
 
 from stage_variants import run_stage_script, variant_recipe
 
 RL_ALGORITHMS = ("ppo", "rloo", "grpo")
-FIELDS = ("win_rate", "recall_at_1", "specificity", "specificity_gain", "specificity_gain_se", "echo_rate",
-          "repeated_3gram", "distinct_2", "reply_words", "final_kl")
+FIELDS = ("gold_win_rate", "gold_win_rate_sample", "win_rate", "recall_at_1", "specificity", "specificity_gain",
+          "specificity_gain_se", "echo_rate", "repeated_3gram", "distinct_2", "reply_words", "reply_words_sample",
+          "final_kl")
 
 
 def run_policy_stage(recipe, work: Path, algorithm: str, seed: int) -> tuple[str, str]:
@@ -59,7 +63,8 @@ class Evaluator:
     def __init__(self, recipe, prompts: int | None, ranking_contexts: int):
         data_args, eval_args = recipe.parse_stage("eval", [])
         ppo_args, _ = recipe.parse("ppo", defaults=trainer_defaults())
-        held_out = dialog_splits(data_args)[1]["messages"]
+        train, held_out = (split["messages"] for split in dialog_splits(data_args))
+        self.labeler = recipe_labeler(recipe, data_args, train)
         pairs = sample_pairs(held_out, ppo_args.context_turns, prompts, data_args.split_seed)
         self.prompts, self.human_replies = [h for _, h, _ in pairs], [r for _, _, r in pairs]
         self.rows = ranking_rows(held_out, ppo_args.context_turns, max_contexts=ranking_contexts,
@@ -71,20 +76,36 @@ class Evaluator:
         self.max_new_tokens = eval_args.max_new_tokens
         self.sft = self.policy_metrics(self.sft_path)
 
-    def replies(self, model) -> tuple[list[str], list[float]]:
-        """Greedy replies to the prompts and the reward model's scores of them as generated (a cut reply stays cut)."""
+    def replies(self, model, sample: bool = False) -> tuple[list[str], list[float], list[float]]:
+        """Replies to the prompts, greedy or at the chat's decoding (the model's generation_config, seeded), the
+        reward model's scores of them as generated (a cut reply stays cut) and the labeler's."""
         budget = model.config.max_position_embeddings - self.max_new_tokens
-        return scored_replies(self.reward_model, self.tokenizer, *generate_reply_ids(
-            model, self.tokenizer, self.prompts, max_prompt_tokens=budget, do_sample=False, repetition_penalty=1.0,
-            max_new_tokens=self.max_new_tokens, eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id))
+        if sample:
+            config = copy.deepcopy(model.generation_config)
+            config.max_new_tokens = self.max_new_tokens
+            set_seed(0)
+            settings = {"generation_config": config}
+        else:
+            settings = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": self.max_new_tokens,
+                        "eos_token_id": self.tokenizer.eos_token_id, "pad_token_id": self.tokenizer.pad_token_id}
+        prompt_ids, reply_ids = generate_reply_ids(model, self.tokenizer, self.prompts, max_prompt_tokens=budget,
+                                                   **settings)
+        texts, scores = scored_replies(self.reward_model, self.tokenizer, prompt_ids, reply_ids)
+        ends = set(end_of_turn_ids(self.tokenizer))
+        gold = (self.labeler.score(self.prompts, texts, [bool(r) and r[-1] in ends for r in reply_ids])
+                if self.labeler else [0.0] * len(texts))
+        return texts, scores, gold
 
     def policy_metrics(self, folder: Path) -> dict:
         model = load_model(folder, AutoModelForCausalLM, "policy", tokenizer=self.tokenizer)
-        replies, scores = self.replies(model)
+        replies, scores, gold = self.replies(model)
+        sampled, _, gold_sample = self.replies(model, sample=True)
         specificity = reply_specificity(self.prompts, replies, self.human_replies, per_reply=True)
         return {
             "scores": scores,
+            "gold": gold,
+            "gold_sample": gold_sample,
+            "reply_words_sample": sum(len(r.split()) for r in sampled) / len(sampled),
             "specificity_scores": specificity["scores"],
             "recall_at_1": next_reply_recall(folder, self.tokenizer, self.rows)["recall_at_1"],
             "specificity": specificity["specificity"],
@@ -96,8 +117,11 @@ class Evaluator:
 
     def evaluate(self, folder: Path) -> dict:
         row = self.policy_metrics(folder)
-        row["win_rate"] = load_metric("win_rate").compute(predictions=row.pop("scores"),
-                                                          references=self.sft["scores"])["win_rate"]
+        win_rate = load_metric("win_rate")
+        row["win_rate"] = win_rate.compute(predictions=row.pop("scores"), references=self.sft["scores"])["win_rate"]
+        # The labeler's verdict: the gold judge the reward model stands for (0.5 everywhere without a labeler).
+        for key, field in (("gold", "gold_win_rate"), ("gold_sample", "gold_win_rate_sample")):
+            row[field] = win_rate.compute(predictions=row.pop(key), references=self.sft[key])["win_rate"]
         gains = [p - s for p, s in zip(row.pop("specificity_scores"), self.sft["specificity_scores"])]
         row["specificity_gain"] = statistics.fmean(gains)
         row["specificity_gain_se"] = statistics.stdev(gains) / math.sqrt(len(gains))

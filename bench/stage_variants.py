@@ -17,9 +17,11 @@ from pipeline.errors import PipelineError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def variant_recipe(recipe, work: Path, name: str, linked_stages: tuple[str, ...] = ()) -> Path:
+def variant_recipe(recipe, work: Path, name: str, linked_stages: tuple[str, ...] = (),
+                   copied_outputs: tuple[str, ...] = ()) -> Path:
     """A copy of the recipe named `name` whose hub is {work}/hub, the run's models of `linked_stages` linked in under
-    that name, so that the run's own hub is never written."""
+    that name, so that the run's own hub is never written, and the run's output folders `copied_outputs` (the
+    comparisons, say) copied into its run folder, so that a variant that remakes them leaves the run's alone."""
     hub = work / "hub"
     hub.mkdir(parents=True, exist_ok=True)
     for stage in linked_stages:
@@ -33,6 +35,9 @@ def variant_recipe(recipe, work: Path, name: str, linked_stages: tuple[str, ...]
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
     # A checkpoint left by an earlier benchmark would make the stage resume (or refuse other settings).
     shutil.rmtree(work / "runs" / name, ignore_errors=True)
+    for output in copied_outputs:
+        if Path(recipe.output_dir(output)).is_dir():
+            shutil.copytree(recipe.output_dir(output), work / "runs" / name / output)
     return path
 
 
@@ -46,7 +51,7 @@ def run_stage_script(stage: str, recipe_path: Path, arguments: list[str], label:
 
 
 def train_variants(recipe, stage: str, variants: list[str], score, linked_stages: tuple[str, ...] = (),
-                   arguments: tuple[str, ...] = ()) -> list[dict]:
+                   arguments: tuple[str, ...] = (), copied_outputs: tuple[str, ...] = ()) -> list[dict]:
     """Train `stage` once per variant (a quoted string of overrides; "" is the recipe's own settings) on a copy of the
     recipe named {run}-{stage}{i} whose hub is {output_root}/{run}/{stage}_settings/hub, and score each model with
     `score(folder)`; one row per variant: its overrides, the stage's training seconds and the scores."""
@@ -54,7 +59,7 @@ def train_variants(recipe, stage: str, variants: list[str], score, linked_stages
     rows = []
     for index, variant in enumerate(variants):
         name = f"{recipe.run_name}-{stage}{index}"
-        path = variant_recipe(recipe, work, name, linked_stages)
+        path = variant_recipe(recipe, work, name, linked_stages, copied_outputs)
         run_stage_script(stage, path, [*arguments, *shlex.split(variant)],
                          f"variant {index} ({variant or 'the recipe'})")
         folder = work / "hub" / f"{name}-{stage}"

@@ -4,6 +4,7 @@ verdict after them, every number with its standard error."""
 from pathlib import Path
 
 from pipeline.common import plot_curves
+from pipeline.gold_proxy import plot_gold_proxy
 from pipeline.hub import read_metadata
 
 
@@ -45,11 +46,69 @@ def write_plots(paths: dict, out: Path) -> list[str]:
             written.append(f"{stage}_loss.png")
     if plot_reward_accuracy(read_metadata(paths["reward"]).get("per_kind", {}), out / "reward_accuracy.png"):
         written.append("reward_accuracy.png")
-    history = read_metadata(paths["ppo"]).get("log_history", [])
-    if plot_curves(history, {"objective/scores": "reward-model score", "objective/kl": "KL to SFT"},
-                   out / "ppo_reward_kl.png", "PPO"):
-        written.append("ppo_reward_kl.png")
+    rl = read_metadata(paths["ppo"])
+    name = rl.get("algorithm", "ppo").upper()
+    if plot_curves(rl.get("log_history", []), {"objective/scores": "composite reward", "objective/kl": "KL to SFT"},
+                   out / "rl_reward_kl.png", name):
+        written.append("rl_reward_kl.png")
+    if rl.get("gold_proxy") and plot_gold_proxy(rl["gold_proxy"], out / "gold_proxy.png", f"{name}: gold vs proxy"):
+        written.append("gold_proxy.png")
     return written
+
+
+def labeler_section(report: dict) -> list[str]:
+    """The report's first table: the labeler's win rate of each policy over SFT."""
+    if "labeler" not in report:
+        return []
+    names = {"ppo": report["rl_algorithm"].upper(), "dpo": "DPO"}
+    rows = [f"| {strategy} | {name} | {pm(row, f'{policy}_gold_win_rate', 2)} | {pm(row, 'sft_gold')} | "
+            f"{pm(row, f'{policy}_gold')} |"
+            for policy, name in names.items() if f"sft_vs_{policy}" in report
+            for strategy, row in report[f"sft_vs_{policy}"].items()]
+    return [
+        "## The labeler's verdict",
+        "",
+        f"The labeler `{report['labeler']}` ranked the SFT model's replies, and the reward model learned its rankings; "
+        "here it judges the replies of the RL model (labelled with its algorithm) and of DPO to the held-out prompts "
+        "against SFT's: the win rate counts a tie as half. It is the gold judge the RL stage optimised through its "
+        "proxy, so the independent judge below checks it.",
+        "",
+        "| decoding | policy | labeler's win rate over SFT | SFT mean score | policy mean score |",
+        "|---|---|---|---|---|",
+        *rows,
+        "",
+    ]
+
+
+def agreement_lines(agreement: dict | None) -> list[str]:
+    if not agreement:
+        return []
+    return [
+        "Agreement with the labeler on held-out comparisons of the SFT model's replies (pairs split at the median "
+        "labeler margin; the rank correlation is within each prompt's replies, averaged over prompts):",
+        "",
+        "| measure | items | value |",
+        "|---|---|---|",
+        *[f"| accuracy, {name.replace('_', ' ')} pairs | {agreement[name]['pairs']} | "
+          f"{agreement[name]['accuracy']:.3f} ± {agreement[name]['accuracy_se']:.3f} |"
+          for name in ("all", "smaller_margin", "larger_margin")],
+        f"| Spearman with the labeler within a prompt | {agreement['spearman']['prompts']} | "
+        f"{agreement['spearman']['mean']:.3f} ± {agreement['spearman']['se']:.3f} |",
+        "",
+    ]
+
+
+def seed_example_lines(example: dict) -> list[str]:
+    return [
+        "## The seed's example",
+        "",
+        f"\"{example['prompt']}\", greedy and by beam search (5 beams, repetition penalty 1.2):",
+        "",
+        "| model | greedy | beam search |",
+        "|---|---|---|",
+        *[f"| {stage} | {row['greedy']} | {row['beam']} |" for stage, row in example["replies"].items()],
+        "",
+    ]
 
 
 def render_markdown(report: dict) -> str:
@@ -63,6 +122,7 @@ def render_markdown(report: dict) -> str:
         f"stage). {held['prompts']} prompts sampled over {held['prompt_conversations']} of those conversations; "
         "every number is given ± its standard error over the prompts (pairs, contexts or texts).",
         "",
+        *labeler_section(report),
         "## Relevance, judged independently of the training",
         "",
         "Reply specificity (an independent sentence-embedding model: how much better a reply fits its own prompt "
@@ -138,13 +198,15 @@ def render_markdown(report: dict) -> str:
         "",
         "## Reward model",
         "",
-        f"Pairwise accuracy on {reward['pairs']} held-out pairs built from the held-out conversations: "
-        f"{pm(reward, 'accuracy')} (mean margin {reward['mean_margin']:.3f}).",
+        f"Pairwise accuracy on {reward['pairs']} held-out pairs made as its training pairs were, from held-out "
+        f"prompts: {pm(reward, 'accuracy')} (mean margin {reward['mean_margin']:.3f}).",
         "",
-        "| rejected kind | pairs | accuracy |",
+        "| pairs of | pairs | accuracy |",
         "|---|---|---|",
         *[f"| {kind} | {row['pairs']} | {pm(row, 'accuracy')} |" for kind, row in reward["per_kind"].items()],
         "",
+        *agreement_lines(reward.get("agreement")),
+        *seed_example_lines(report["seed_example"]),
         "## Sample replies",
         "",
         "| prompt | " + " | ".join(f"{name} {strategy}" for strategy in policies for name in ("SFT", rl)) + " |",

@@ -23,9 +23,16 @@ from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.chat_format import END_OF_TURN
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
-from pipeline.generation import generate_reply_ids, score_pairs, scored_replies
+from pipeline.generation import (
+    end_of_turn_ids,
+    generate_replies,
+    generate_reply_ids,
+    score_pairs,
+    scored_replies,
+)
 from pipeline.hub import add_evaluation, library_versions, read_metadata
-from pipeline.preferences import preference_splits
+from pipeline.labeler import recipe_labeler
+from pipeline.preferences import reward_pairs
 
 logger = logging.getLogger("minichatgpt.eval")
 
@@ -73,26 +80,30 @@ def decoded_reply_ids(model, tokenizer, prompts, strategy: str, settings: dict, 
              for i in groups])
 
 
-def compare_policies(models: dict, reward_model, tokenizer, prompts, human_replies, max_prompt_tokens,
+def compare_policies(models: dict, reward_model, labeler, tokenizer, prompts, human_replies, max_prompt_tokens,
                      max_new_tokens, args) -> tuple[dict, dict]:
-    """Per policy other than SFT and per decoding: SFT's and the policy's replies judged by the independent judges
-    (specificity and echo rate, with the paired specificity gain of the policy over SFT), by their form, and by the
-    reward model, which scores each reply as it was generated (a reply cut off by the length limit has no end of
-    turn). SFT decodes once for all of them."""
+    """Per policy other than SFT and per decoding: SFT's and the policy's replies judged by the labeler whose
+    judgement the reward model learned (its win rate of the policy over SFT), by the independent judges (specificity
+    and echo rate, with the paired specificity gain of the policy over SFT), by their form, and by the reward model,
+    which scores each reply as it was generated (a reply cut off by the length limit has no end of turn). SFT decodes
+    once for all of them."""
     settings_of = {
         "greedy": {"do_sample": False, "repetition_penalty": 1.0},
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
     }
     replies, rows = {}, {policy: {} for policy in models if policy != "sft"}
+    ends = set(end_of_turn_ids(tokenizer))
     for strategy in args.strategies:
         settings = settings_of.get(strategy, {})
-        judged, scores, specificity = {}, {}, {}
+        judged, scores, specificity, gold = {}, {}, {}, {}
         for stage, model in models.items():
             set_seed(args.seed)
             prompt_ids, reply_ids = decoded_reply_ids(model, tokenizer, prompts, strategy, settings,
                                                       max_prompt_tokens, max_new_tokens)
             texts, scores[stage] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
             replies[(stage, strategy)] = texts
+            if labeler is not None:
+                gold[stage] = labeler.score(prompts, texts, [bool(r) and r[-1] in ends for r in reply_ids])
             result = reply_specificity(prompts, texts, human_replies, per_reply=True)
             specificity[stage] = result["scores"]
             judged[stage] = {f"{stage}_specificity": result["specificity"],
@@ -103,6 +114,7 @@ def compare_policies(models: dict, reward_model, tokenizer, prompts, human_repli
             gains = [p - s for p, s in zip(specificity[policy], specificity["sft"])]
             wins = load_metric("win_rate").compute(predictions=scores[policy], references=scores["sft"])
             rows[policy][strategy] = {
+                **(gold_verdict(gold[policy], gold["sft"], policy) if gold else {}),
                 "specificity_gain": statistics.fmean(gains), "specificity_gain_se": standard_error(gains),
                 f"{policy}_win_rate": wins["win_rate"], f"{policy}_win_rate_se": wins["win_rate_se"],
                 f"{policy}_mean_reward": wins["mean_score_a"], f"{policy}_mean_reward_se": wins["mean_score_a_se"],
@@ -111,14 +123,35 @@ def compare_policies(models: dict, reward_model, tokenizer, prompts, human_repli
     return rows, replies
 
 
+def gold_verdict(policy_scores: list[float], sft_scores: list[float], policy: str) -> dict:
+    """The labeler's win rate of the policy over SFT (ties count half) and both mean scores, with standard errors."""
+    wins = load_metric("win_rate").compute(predictions=policy_scores, references=sft_scores)
+    return {f"{policy}_gold_win_rate": wins["win_rate"], f"{policy}_gold_win_rate_se": wins["win_rate_se"],
+            f"{policy}_gold": wins["mean_score_a"], f"{policy}_gold_se": wins["mean_score_a_se"],
+            "sft_gold": wins["mean_score_b"], "sft_gold_se": wins["mean_score_b_se"]}
+
+
 def held_out_pairs(recipe, data_args, dialogs):
-    """The reward stage's held-out preference pairs as the recipe builds them, and how they were made; `dialogs` is
+    """The reward stage's held-out preference pairs as the recipe makes them, and how they were made; `dialogs` is
     the (train, held-out) split of the dialogs."""
     reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
-    _, pairs, how = preference_splits(data_args, reward_args.rejected_kinds, reward_args.rejected_weights,
-                                      recipe.reward_context_turns(reward_args), reward_config.seed,
-                                      reward_args.max_pairs, reward_args.eval_pairs, dialogs=dialogs)
+    _, pairs, how = reward_pairs(recipe, data_args, reward_args, reward_config.seed, dialogs)
     return pairs, how
+
+
+SEED_PROMPT = "how are you ?"
+
+
+def seed_example(models: dict, tokenizer, max_new_tokens: int) -> dict:
+    """The seed project's own example: replies to "how are you ?", greedy and by beam search (5 beams, repetition
+    penalty 1.2), from each model."""
+    decodings = {"greedy": {"do_sample": False, "repetition_penalty": 1.0},
+                 "beam": {"do_sample": False, "num_beams": 5, "repetition_penalty": 1.2}}
+    return {stage: {name: generate_replies(model, tokenizer, [[{"role": "user", "content": SEED_PROMPT}]],
+                                           max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                           pad_token_id=tokenizer.pad_token_id, **settings)[0]
+                    for name, settings in decodings.items()}
+            for stage, model in models.items()}
 
 
 def reward_accuracy(reward_model, tokenizer, pairs) -> dict:
@@ -167,12 +200,17 @@ def main(recipe, overrides):
     reward_model = load_model(paths["reward"], AutoModelForSequenceClassification, "reward model", num_labels=1)
     eval_pairs, _ = held_out_pairs(recipe, data_args, dialog_split)
     report["reward_model"] = reward_accuracy(reward_model, tokenizer, eval_pairs)
+    labeler = recipe_labeler(recipe, data_args, dialog_split[0]["messages"])
+    if labeler is not None:
+        report["labeler"] = labeler.name
+        report["reward_model"]["agreement"] = read_metadata(paths["reward"]).get("agreement", {}).get("after")
 
     budget = AutoConfig.from_pretrained(paths["sft"]).max_position_embeddings - args.max_new_tokens
     models = {stage: load_model(paths[stage], AutoModelForCausalLM, f"{stage} model", tokenizer=tokenizer)
               for stage in ("sft", *policies)}
-    comparisons, replies = compare_policies(models, reward_model, tokenizer, prompts, human_replies, budget,
+    comparisons, replies = compare_policies(models, reward_model, labeler, tokenizer, prompts, human_replies, budget,
                                             args.max_new_tokens, args)
+    report["seed_example"] = {"prompt": SEED_PROMPT, "replies": seed_example(models, tokenizer, args.max_new_tokens)}
     for policy, comparison in comparisons.items():
         report[f"sft_vs_{policy}"] = comparison
     report["next_reply_ranking"] = {stage: next_reply_recall(paths[stage], tokenizer, rows)

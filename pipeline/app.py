@@ -1,8 +1,10 @@
-"""Chat with a model of the hub in the browser, or let people compare models and keep their votes as reward-model data.
+"""Chat with a model of the hub in the browser, or let people compare models, or rank the SFT model's sampled
+replies, and keep their votes and judgements as reward-model data.
 
     python pipeline/app.py --model hub/quickstart-ppo
     python pipeline/app.py --arena hub/quickstart-sft hub/quickstart-ppo --votes votes/quickstart.jsonl
     python pipeline/app.py --tally votes/quickstart.jsonl
+    python pipeline/app.py --label runs/quickstart/comparisons/train.jsonl --labels labels/quickstart.jsonl
 
 The page is served on 127.0.0.1 (--host to change, --port for the port), never through a share link. In the arena,
 each prompt is answered by two of the models, drawn at random and shown unnamed as A and B; the person votes A, B,
@@ -10,6 +12,12 @@ tie or both bad, and then sees which model was which. Each vote is appended to -
 preference format (prompt, chosen and rejected as message lists) plus the models, the decoding settings and the time;
 the reward stage reads that file through `data.preference_sources`. A tie or a both-bad vote is kept in the file with
 both replies (reply_a, reply_b) but makes no training pair: neither reply is known to be the better one.
+
+The labeling page loads no model: it shows the prompts of a comparisons file (the reward stage's replies sampled from
+the SFT model) one at a time, the replies shuffled and unnamed, without the AI labeler's scores; the person ranks them
+(ties allowed) or, with --label_mode score, scores them 1-5, or skips the prompt, and each judgement is appended to
+--labels (pipeline/labels.py has its format). Prompts with a line there already are not shown again, so a restarted
+page goes on where it stopped.
 """
 
 import functools
@@ -24,8 +32,20 @@ from transformers import AutoModelForCausalLM, HfArgumentParser, TextIteratorStr
 
 from pipeline.chat import DECODING_FIELDS, STRATEGIES, STREAMED_STRATEGIES, Chat, decoding_config, reply
 from pipeline.common import load_model, load_tokenizer
+from pipeline.comparisons import read_comparisons
 from pipeline.errors import PipelineError
 from pipeline.hub import read_metadata
+from pipeline.labels import (
+    LABEL_MODES,
+    SCORES,
+    append_label,
+    display_order,
+    judgement_row,
+    person_scores,
+    progress,
+    read_labels,
+    skipped_row,
+)
 from pipeline.votes import VOTES, append_vote, read_votes, tally_table, vote_row
 
 # Beam search (and reranking strategies) pick the reply among several at the end, so there is nothing to stream.
@@ -53,6 +73,14 @@ class AppArguments:
     )
     votes: str = field(default="votes/arena.jsonl", metadata={"help": "Arena votes are appended to this file."})
     tally: str | None = field(default=None, metadata={"help": "Print the win rates in this vote file and exit."})
+    label: str | None = field(
+        default=None, metadata={"help": "Comparisons file whose replies people rank or score (labeling mode)."}
+    )
+    labels: str = field(default="labels/labels.jsonl", metadata={"help": "Judgements are appended to this file."})
+    label_mode: str = field(
+        default="rank", metadata={"help": "rank: rank the replies, 1 = best; score: score each 1-5, 5 = best.",
+                                  "choices": LABEL_MODES}
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on (0.0.0.0 opens it to the network)."})
     port: int = field(default=7860, metadata={"help": "Port to serve on."})
     system: str | None = field(default=None, metadata={"help": "Initial system prompt."})
@@ -264,11 +292,81 @@ def arena_page(gr, args: AppArguments):
     return page
 
 
+def label_page(gr, args: AppArguments):
+    comparisons = read_comparisons(Path(args.label))
+    labels_path = Path(args.labels)
+    slots = max(len(row["replies"]) for row in comparisons)
+    instructions = {"rank": "Rank the replies: 1 for the best; replies as good as each other get the same rank.",
+                    "score": "Score each reply from 1 (bad) to 5 (best); replies may get the same score."}
+
+    def reply_slots(comparison: dict | None) -> list:
+        """The comparison's replies in display order, each with its choices, and the slots it does not fill hidden."""
+        shown = [comparison["replies"][i] for i in display_order(comparison, args.seed)] if comparison else []
+        choices = list(range(1, len(shown) + 1)) if args.label_mode == "rank" else list(SCORES)
+        unused = slots - len(shown)
+        boxes = [gr.Textbox(value=text, visible=True) for text in shown] + [gr.Textbox(visible=False)] * unused
+        radios = [gr.Radio(choices, value=None, visible=True) for _ in shown] + [gr.Radio(visible=False)] * unused
+        return boxes + radios
+
+    def show_next(notice: str) -> list:
+        """The first prompt without a line in the labels file, or the news that none is left."""
+        labels = read_labels(labels_path)
+        index = next((i for i, row in enumerate(comparisons) if row["id"] not in labels), None)
+        comparison = None if index is None else comparisons[index]
+        if comparison is None:
+            notice += f" Nothing left to label: every prompt of `{args.label}` has a line in `{labels_path}`."
+        # One "role: text" line per message: a chat view would hide the system prompt, which the replies answer too.
+        prompt = "\n".join(f"{m['role']}: {m['content']}" for m in comparison["prompt"]) if comparison else ""
+        return [index, prompt, progress(comparisons, labels), notice.strip(),
+                *[gr.Button(interactive=comparison is not None)] * 2, *reply_slots(comparison)]
+
+    def save(row: dict, done: str) -> list:
+        if append_label(labels_path, row):
+            return show_next(done)
+        return show_next("That prompt had a line already (judged in another tab?); not saved again.")
+
+    def submit(index, *shown_choices):
+        comparison = comparisons[index]
+        try:
+            scores = person_scores(list(shown_choices[:len(comparison["replies"])]),
+                                   display_order(comparison, args.seed), args.label_mode)
+        except PipelineError as err:
+            return {notice: f"error: {err}"}
+        return save(judgement_row(comparison, scores, args.label_mode), f"Saved to `{labels_path}`.")
+
+    with gr.Blocks(title="minichatgpt labeling") as page:
+        index_state = gr.State(None)
+        gr.Markdown(f"## minichatgpt labeling\n{instructions[args.label_mode]} The replies are in random order.")
+        progress_line = gr.Markdown(elem_id="progress")
+        conversation = gr.Textbox(label="Conversation so far", interactive=False, lines=3, max_lines=20,
+                                  elem_id="conversation")
+        boxes, radios = [], []
+        for number in range(1, slots + 1):
+            with gr.Row():
+                boxes.append(gr.Textbox(label=f"Reply {number}", interactive=False, visible=False, lines=2,
+                                        scale=3, elem_id=f"reply-{number}"))
+                radios.append(gr.Radio(label=f"{args.label_mode.capitalize()} of reply {number}", visible=False,
+                                       scale=2, elem_id=f"choice-{number}"))
+        # Enabled once the page has loaded its prompt: there is nothing to submit or skip before.
+        with gr.Row():
+            submit_button = gr.Button("Submit", variant="primary", interactive=False, elem_id="submit")
+            skip_button = gr.Button("Skip", interactive=False, elem_id="skip")
+        notice = gr.Markdown(elem_id="notice")
+        outputs = [index_state, conversation, progress_line, notice, submit_button, skip_button, *boxes, *radios]
+        submit_button.click(submit, [index_state, *radios], outputs)
+        skip_button.click(lambda index: save(skipped_row(comparisons[index]), "Skipped."), [index_state], outputs)
+        page.load(lambda: show_next(""), None, outputs)
+    return page
+
+
 def serve(args: AppArguments):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     import gradio as gr
 
-    page = arena_page(gr, args) if args.arena else chat_page(gr, args)
+    if args.label:
+        page = label_page(gr, args)
+    else:
+        page = arena_page(gr, args) if args.arena else chat_page(gr, args)
     print(f"serving on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     try:
         page.queue().launch(server_name=args.host, server_port=args.port, share=False, show_error=True,
@@ -278,9 +376,10 @@ def serve(args: AppArguments):
 
 
 def check_arguments(args: AppArguments):
-    modes = [name for name in ("model", "arena", "tally") if getattr(args, name)]
+    modes = [name for name in ("model", "arena", "tally", "label") if getattr(args, name)]
     if len(modes) != 1:
-        raise PipelineError("give exactly one of --model FOLDER, --arena FOLDER FOLDER [...] or --tally FILE")
+        raise PipelineError("give exactly one of --model FOLDER, --arena FOLDER FOLDER [...], --tally FILE or "
+                            "--label FILE")
     if args.arena and len(set(args.arena)) < 2:
         raise PipelineError(f"--arena needs at least two different model folders, got {args.arena}")
 
@@ -295,8 +394,9 @@ def main():
             print(tally_table(read_votes(Path(args.tally))))
             return
         set_seed(args.seed)
-        for folder in args.arena or [args.model]:
-            load_chat_model(folder)
+        if not args.label:
+            for folder in args.arena or [args.model]:
+                load_chat_model(folder)
         serve(args)
     except PipelineError as err:
         if args.debug:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pipeline.generation import STRATEGIES
 from pipeline.hub import DEFAULT_KEEP_REVISIONS
+from pipeline.labeler import DEFAULT_LABELER
 
 
 @dataclass
@@ -114,19 +115,40 @@ class SFTArguments:
 
 @dataclass
 class RewardArguments:
+    labeler: str = field(
+        default=DEFAULT_LABELER,
+        metadata={"help": "Who judges the pairs the reward model learns. 'all-mpnet-base-v2' (AI feedback): K replies "
+                  "of the SFT model per training prompt, scored by that sentence-embedding judge and its rules "
+                  "(pipeline/labeler.py); a sentence-transformers or sequence-classification reward model (folder or "
+                  "hub id): the same with that judge; 'built': no labeler, a real reply against a synthetic corruption "
+                  "of it (rejected_kinds). data.preference_sources, when set, replaces the labeler with those files "
+                  "(people's votes and labels)."},
+    )
+    replies_per_prompt: int = field(
+        default=4, metadata={"help": "Replies sampled from the SFT model per prompt for the labeler to rank (K)."})
+    comparison_prompts: int = field(
+        default=1200, metadata={"help": "Training prompts whose replies the labeler ranks."})
+    held_out_comparison_prompts: int = field(
+        default=300, metadata={"help": "Held-out prompts whose replies the labeler ranks, to measure the reward model."})
+    tie_margin: float = field(
+        default=0.05, metadata={"help": "Pairs whose labeler scores differ by less than this are ties and dropped "
+                                "(in the labeler's units: cosine for an embedding judge)."})
+    margin_scale: float = field(
+        default=1.0, metadata={"help": "RewardTrainer's loss asks the reward model to score the chosen reply above "
+                               "the rejected one by the labeler's margin times this (0: by any amount)."})
     rejected_kinds: list[str] = field(
         default_factory=lambda: ["other_conversation", "truncated", "shuffled", "looped", "generic"],
-        metadata={"help": "How rejected replies are made when there are no preference files."},
+        metadata={"help": "How rejected replies are made for built pairs (labeler: built, or built_per_preference)."},
     )
     rejected_weights: list[float] | None = field(
         default=None, metadata={"help": "Mix of rejected_kinds (same order); default: equal."}
     )
-    max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs."})
+    max_pairs: int | None = field(default=None, metadata={"help": "Cap on training pairs built from the dialogs."})
     built_per_preference: float = field(
-        default=0.0, metadata={"help": "With data.preference_sources: pairs built from the dialogs added to training "
-                                       "per preference pair (0: the preference files only)."}
+        default=0.0, metadata={"help": "Pairs built from the dialogs added to training per labelled or preference "
+                                       "pair (0: none)."}
     )
-    eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out pairs the accuracy is measured on."})
+    eval_pairs: int = field(default=1000, metadata={"help": "Cap on held-out built pairs the accuracy is measured on."})
     context_turns: int | None = field(
         default=None, metadata={"help": "Turns before the reply that the reward model sees, the last the user's; "
                                 "default: ppo.context_turns, the contexts the RL stage gives it to score."}
@@ -179,6 +201,14 @@ class PPOArguments:
         default=0.5, metadata={"help": "Weight of the relevance bonus: per-token log p(reply | context) - log p(reply | "
                                "empty prompt) under the SFT model."}
     )
+    gold_prompts: int = field(
+        default=64, metadata={"help": "Held-out prompts replied to during RL and judged by the labeler (gold) and the "
+                              "reward model (proxy), logged against KL to SFT."})
+    gold_every: int | None = field(
+        default=None, metadata={"help": "Steps between gold/proxy measurements; default: 8 measurements a run."})
+    echo_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the echo penalty: -1 for a reply that echoes the user's last turn (the "
+                               "labeler's rule)."})
     kl_target: float | None = field(
         default=None, metadata={"help": "KL budget: above it kl_coef grows, below it shrinks (adaptive KL controller); "
                                 "None keeps kl_coef fixed."}
@@ -191,8 +221,8 @@ class PPOArguments:
 @dataclass
 class DPOArguments:
     max_pairs: int | None = field(
-        default=None, metadata={"help": "Cap on training pairs; default: reward.max_pairs. The pairs are the reward "
-                                "stage's, built from its rejected_kinds, rejected_weights and context turns."}
+        default=None, metadata={"help": "Cap on training pairs built from the dialogs; default: reward.max_pairs. The "
+                                "pairs are the reward stage's: the labeler's comparisons, people's labels or built pairs."}
     )
     guard_prompts: int = field(
         default=32, metadata={"help": "Held-out prompts replied to greedily at each log to watch for loops and collapse."})

@@ -8,7 +8,8 @@ END_OF_TEXT = "<|endoftext|>"
 PAD = "<|pad|>"
 END_OF_TURN = "<|end|>"
 GENERATION_PROMPT = "<|assistant|>"
-ROLE_MARKERS = ["<|system|>", "<|user|>", GENERATION_PROMPT]
+USER_MARKER = "<|user|>"
+ROLE_MARKERS = ["<|system|>", USER_MARKER, GENERATION_PROMPT]
 SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_MARKERS]
 SPECIAL_TOKEN = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
 

@@ -174,11 +174,13 @@ class Recipe:
         """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran
         with (used to skip finished stages)."""
         shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")} | {"precision": self.run.precision}
-        if stage == "dpo":
-            # DPO trains on the reward stage's pairs, made from its section and the contexts it scores.
+        if stage in ("reward", "dpo"):
+            # The reward stage's pairs are made from its section, the contexts it scores and, for the labeler's
+            # comparisons, replies as long as the RL stage's; DPO trains on the same pairs.
             reward = self.sections.get("reward") or {}
             shared["pairs"] = {**reward, "context_turns": self.reward_context_turns(
-                RewardArguments(context_turns=reward.get("context_turns")))}
+                RewardArguments(context_turns=reward.get("context_turns"))),
+                "response_length": (self.sections.get("ppo") or {}).get("response_length")}
         return json.dumps({"shared": shared, stage: self.sections.get(stage), "overrides": list(overrides)},
                           sort_keys=True, default=str)
 

@@ -28,7 +28,7 @@ from pipeline.data import dialog_splits, sample_pairs
 from pipeline.generation import chat_generation_config, generate_replies, reply_log_likelihoods
 from pipeline.guards import RLHFGuards
 from pipeline.hub import card_metadata, check_writable, push
-from pipeline.preferences import preference_splits
+from pipeline.preferences import reward_pairs
 
 logger = logging.getLogger("minichatgpt.dpo")
 GUARD_REPLY_TOKENS = 24
@@ -84,12 +84,11 @@ def main(recipe, overrides):
 
     context_turns = recipe.reward_context_turns(reward_args)
     dialogs = dialog_splits(data_args)
-    train_pairs, eval_pairs, how = preference_splits(data_args, reward_args.rejected_kinds,
-                                                     reward_args.rejected_weights,
-                                                     context_turns, reward_config.seed,
-                                                     stage_args.max_pairs or reward_args.max_pairs,
-                                                     reward_args.eval_pairs, dialogs=dialogs,
-                                                     built_per_preference=reward_args.built_per_preference)
+    train_pairs, eval_pairs, how = reward_pairs(recipe, data_args, reward_args, reward_config.seed, dialogs,
+                                                stage_args.max_pairs)
+    # DPO's loss has no margin of its own to ask for.
+    train_pairs, eval_pairs = (pairs.remove_columns([c for c in ("margin", "id") if c in pairs.column_names])
+                               for pairs in (train_pairs, eval_pairs))
     print(f"dpo data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
 
     guard_prompts = [history for _, history, _ in sample_pairs(dialogs[1]["messages"], context_turns,

@@ -41,13 +41,16 @@ from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import (
     chat_generation_config,
+    end_of_turn_ids,
     fit_history,
     generate_reply_ids,
     render_prompts,
     scored_replies,
 )
+from pipeline.gold_proxy import GoldProxyMonitor, plot_gold_proxy
 from pipeline.guards import AdaptiveKL, RLHFGuards
 from pipeline.hub import card_metadata, check_writable, push
+from pipeline.labeler import recipe_labeler
 from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
 
 logger = logging.getLogger("minichatgpt.ppo")
@@ -72,20 +75,26 @@ def fit_conversations(tokenizer, conversations: list[list[dict]], max_tokens: in
     return fitted
 
 
-def compare(sft, policy, reward_model, tokenizer, prompts, max_prompt_tokens, max_new_tokens) -> tuple[dict, list]:
+def compare(sft, policy, reward_model, labeler, tokenizer, prompts, max_prompt_tokens, max_new_tokens
+            ) -> tuple[dict, list]:
     """SFT vs the RL policy's greedy replies to held-out prompts, each scored by the reward model as it was generated
-    (a reply cut off by the length limit is scored without an end of turn, as training scored it). The win rate is
-    the reward model's verdict: in-distribution, since the RL stage maximised it; eval/run.py adds the independent
-    judges."""
+    (a reply cut off by the length limit is scored without an end of turn, as training scored it) and by the labeler.
+    `win_rate` is the reward model's verdict: in-distribution, since the RL stage maximised it; `gold_win_rate` the
+    labeler's, whose judgement the reward model learned; eval/run.py adds the independent judges."""
     settings = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": max_new_tokens,
                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    replies, scores = {}, {}
+    replies, scores, gold = {}, {}, {}
+    ends = set(end_of_turn_ids(tokenizer))
     for name, model in (("sft", sft), ("ppo", policy)):
-        replies[name], scores[name] = scored_replies(reward_model, tokenizer, *generate_reply_ids(
-            model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens, **settings))
-    distinct = load_metric("distinct_n")
-    result = {"win_rate": load_metric("win_rate").compute(predictions=scores["ppo"],
-                                                          references=scores["sft"])["win_rate"]}
+        prompt_ids, reply_ids = generate_reply_ids(model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens,
+                                                   **settings)
+        replies[name], scores[name] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
+        if labeler is not None:
+            gold[name] = labeler.score(prompts, replies[name], [bool(r) and r[-1] in ends for r in reply_ids])
+    distinct, win_rate = load_metric("distinct_n"), load_metric("win_rate")
+    result = {"win_rate": win_rate.compute(predictions=scores["ppo"], references=scores["sft"])["win_rate"]}
+    if gold:
+        result["gold_win_rate"] = win_rate.compute(predictions=gold["ppo"], references=gold["sft"])["win_rate"]
     for name in ("sft", "ppo"):
         result[f"{name}_mean_reward"] = sum(scores[name]) / len(scores[name])
         result[f"{name}_reply_words"] = sum(len(r.split()) for r in replies[name]) / len(replies[name])
@@ -216,13 +225,15 @@ def main(recipe, overrides):
                                         data_args.split_seed)
     if not train_prompts or not eval_prompts:
         raise PipelineError("no prompts: the dialogs have no user turn followed by an assistant reply")
+    labeler = recipe_labeler(recipe, data_args, train_dialogs["messages"])
 
     # PPO's end-of-turn penalty is PPOConfig's own missing_eos_penalty, applied by PPOTrainer; RLOO and GRPO get the
     # same rule from the composite with that weight.
     composite = CompositeReward(
         reward_model, ref_policy, tokenizer, end_token_id=tokenizer.eos_token_id,
         weights={"reward_model": stage_args.reward_model_weight, "repetition": stage_args.repetition_weight,
-                 "end_of_turn": config.missing_eos_penalty or 0.0, "relevance": stage_args.relevance_weight},
+                 "end_of_turn": config.missing_eos_penalty or 0.0, "relevance": stage_args.relevance_weight,
+                 "echo": stage_args.echo_weight},
         repetition_ngram=stage_args.repetition_ngram, normalize_reward_model=stage_args.normalize_reward_model,
         reward_model_clip=stage_args.reward_model_clip)
     if stage_args.normalize_reward_model and stage_args.reward_model_weight:
@@ -240,6 +251,14 @@ def main(recipe, overrides):
           "prompts")
     if stage_args.kl_target is not None:
         trainer.add_callback(AdaptiveKL(stage_args.kl_target, stage_args.kl_adapt_rate, *kl_coef))
+    monitor = None
+    if labeler is not None:
+        gold_prompts = prompt_conversations(eval_dialogs, stage_args.context_turns, stage_args.gold_prompts,
+                                            data_args.split_seed + 2)
+        monitor = GoldProxyMonitor(labeler, reward_model, tokenizer, gold_prompts,
+                                   chat_generation_config(tokenizer, config.response_length), max_prompt_tokens,
+                                   stage_args.gold_every, config.seed)
+        trainer.add_callback(monitor)
 
     start = time.time()
     trainer.train()
@@ -248,8 +267,8 @@ def main(recipe, overrides):
     policy = trainer.accelerator.unwrap_model(trainer.model)
     policy = getattr(policy, "policy", policy)
     policy.generation_config = chat_generation_config(tokenizer)
-    comparison, samples = compare(ref_policy, policy, reward_model, tokenizer, eval_prompts, max_prompt_tokens,
-                                  config.response_length)
+    comparison, samples = compare(ref_policy, policy, reward_model, labeler, tokenizer, eval_prompts,
+                                  max_prompt_tokens, config.response_length)
     final_kl = last_logged(trainer.state.log_history, "objective/kl")
     if stage_args.algorithm == "ppo":
         episodes = trainer.state.episode
@@ -273,7 +292,10 @@ def main(recipe, overrides):
         tokenizer.padding_side = "right"
         tokenizer.save_pretrained(folder)
         plot_curves(trainer.state.log_history, {"objective/scores": "composite reward", "objective/kl": "KL to SFT"},
-                    folder / "ppo_curve.png", f"{recipe.hub_name('ppo')} {stage_args.algorithm.upper()}")
+                    folder / "rl_curve.png", f"{recipe.hub_name('ppo')}: {ALGORITHM_NAMES[stage_args.algorithm]}")
+        if monitor is not None:
+            plot_gold_proxy(monitor.history, folder / "gold_proxy.png",
+                            f"{ALGORITHM_NAMES[stage_args.algorithm]}: gold vs proxy")
 
     target = push(recipe.run.hub_dir, recipe.hub_name("ppo"), write,
                   metadata={"stage": "ppo", "algorithm": stage_args.algorithm, "seed": config.seed,
@@ -281,17 +303,22 @@ def main(recipe, overrides):
                             "reward_model_scale": composite.reward_model_scale,
                             "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "log_history": trainer.state.log_history,
-                            "guards": guards.record(),
+                            "guards": guards.record(), "gold_proxy": monitor.history if monitor else None,
                             "samples": samples, "fingerprint": recipe.fingerprint("ppo", overrides)},
-                  card_body=model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes,
-                                       len(eval_prompts)),
+                  card_body=model_card(recipe, stage_args, config, composite, guards, monitor, metrics, samples,
+                                       episodes, len(eval_prompts)),
                   keep_revisions=recipe.run.keep_revisions,
                   card_metadata=card_metadata(str(sft_path), data_args.dialog_sources, recipe.path, metrics,
                                               "text-generation", precision_label(config)))
     print(f"pushed {target}")
 
 
-def model_card(recipe, stage_args, config, composite, guards, metrics, samples, episodes, eval_prompts) -> str:
+ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO", "grpo": "GRPO"}
+
+
+def model_card(recipe, stage_args, config, composite, guards, monitor, metrics, samples, episodes,
+               eval_prompts) -> str:
+    name = ALGORITHM_NAMES[stage_args.algorithm]
     sample_rows = "\n".join(f"| {p} | {s} | {q} |" for p, s, q in samples[:8])
     trainer_name = {
         "ppo": "PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)",
@@ -302,6 +329,17 @@ def model_card(recipe, stage_args, config, composite, guards, metrics, samples, 
     weights = ", ".join(f"{part} {weight}" for part, weight in composite.weights.items())
     scale = (f"standardised by mean {composite.reward_model_scale[0]:.3f} and std {composite.reward_model_scale[1]:.3f} "
              f"of {stage_args.reward_scale_rollouts} warm-up rollouts" if composite.reward_model_scale else "raw")
+    gold = ("" if monitor is None else f"""
+## Gold and proxy
+
+Every {monitor.every} steps the policy replied to {len(monitor.prompts)} held-out prompts at the chat's decoding; the
+labeler `{monitor.labeler.name}` (gold) and the reward model (its learned proxy) judged the replies. Over-optimisation
+shows as the proxy rising while the gold falls.
+
+{monitor.curve_lines()}
+
+![gold vs proxy](gold_proxy.png)
+""")
     return f"""# {recipe.hub_name("ppo")}
 
 The chat model of the minichatgpt run `{recipe.run_name}`: `{recipe.hub_path("sft")}` trained with {trainer_name}
@@ -310,13 +348,14 @@ penalty (kl_coef={config.kl_coef}, KL target {stage_args.kl_target}) to the SFT 
 sampled at temperature {config.temperature}, response length {config.response_length}, {config.num_ppo_epochs}
 epochs per batch, seed {config.seed}.
 
-## {stage_args.algorithm.upper()} vs SFT on {eval_prompts} held-out prompts (greedy replies)
+## {name} vs SFT on {eval_prompts} held-out prompts (greedy replies)
 
-Judged by the reward model the stage maximised, so the win rate is in-distribution; the evaluation report
-(`eval/run.py`) adds judges the stage never saw.
+`win_rate` is the reward model's verdict, in-distribution since the stage maximised it; `gold_win_rate` is the
+labeler's, whose judgement the reward model learned. The evaluation report (`eval/run.py`) adds a judge the stage
+never saw.
 
 {metrics_table(metrics)}
-
+{gold}
 ## Guards
 
 KL trend: {guards.kl_trend()}. Warnings:
@@ -324,11 +363,11 @@ KL trend: {guards.kl_trend()}. Warnings:
 
 ## Sample replies
 
-| prompt | SFT | PPO |
+| prompt | SFT | {name} |
 |---|---|---|
 {sample_rows}
 
-![PPO reward and KL](ppo_curve.png)
+![{name} reward and KL](rl_curve.png)
 """
 
 

@@ -1,9 +1,11 @@
 """Preference pairs for the reward model: TRL-format files, or pairs built from real dialogs, where the real reply
 is chosen and a degraded or unrelated one rejected."""
 
+import itertools
 import logging
 import random
 from collections import Counter
+from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
@@ -25,6 +27,8 @@ GENERIC_REPLIES = ["", "ok", "lol", "hmm", "yes", "no", "what ?", "i don't know"
 OTHER_REPLY_DRAWS = 8
 # Arena votes (pipeline/app.py) that prefer neither reply: kept in the vote file, but they make no pair.
 NO_PREFERENCE_VOTES = ("tie", "both_bad")
+# `reward.labeler` for pairs built from the dialogs alone: a real reply against a synthetic corruption of it.
+BUILT = "built"
 
 
 def degrade(reply: str, kind: str, rng: random.Random, other_replies: list[tuple[int, str]],
@@ -102,8 +106,9 @@ def _as_messages(value, role: str):
 
 def load_preferences(args) -> Dataset:
     """Preference files in TRL's format: {prompt, chosen, rejected} (explicit prompt) or {chosen, rejected}
-    (implicit prompt: full conversations sharing a prefix); strings or message lists. Arena ties and both-bad votes
-    are skipped. A row's id is its prompt's, so that every pair of one prompt is on the same side of the split."""
+    (implicit prompt: full conversations sharing a prefix); strings or message lists; or prompts whose replies a
+    person scored or ranked on the labeling page {prompt, replies, scores}, every pair of them. Arena ties, both-bad
+    votes and skipped prompts are skipped. A row's id is its prompt's, so that every pair of one prompt is on the same side of the split."""
     rows = {"id": [], "prompt": [], "chosen": [], "rejected": [], "kind": []}
     for source in args.preference_sources:
         bad = BadRows(source)
@@ -111,11 +116,16 @@ def load_preferences(args) -> Dataset:
         records = ([(f"{source} row {i + 1}", r) for i, r in enumerate(hub_dataset(location))] if kind == "hub"
                    else [rec for path in expand_paths(source) for rec in read_records(path)])
         for where, row in records:
-            if isinstance(row, dict) and row.get("vote") in NO_PREFERENCE_VOTES:
+            if isinstance(row, dict) and (row.get("vote") in NO_PREFERENCE_VOTES or row.get("skipped")):
                 continue
             bad.total += 1
             if isinstance(row, Exception):
                 bad.add(where, str(row))
+                continue
+            if isinstance(row, dict) and "replies" in row:
+                problem = _add_judged_prompt(rows, row)
+                if problem:
+                    bad.add(where, problem)
                 continue
             if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
                 bad.add(where, "expected an object with 'chosen' and 'rejected'")
@@ -150,6 +160,28 @@ def load_preferences(args) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+def _add_judged_prompt(rows: dict, row: dict) -> str | None:
+    """A prompt whose replies a person scored or ranked (the labeling page's line): every pair of its replies with
+    different scores, the higher chosen; returns what is wrong with the row, if anything."""
+    replies, scores, prompt = row.get("replies"), row.get("scores"), row.get("prompt")
+    if not (isinstance(replies, list) and isinstance(scores, list) and len(replies) == len(scores) >= 2
+            and isinstance(prompt, list) and all(isinstance(r, str) for r in replies)
+            and all(isinstance(s, (int, float)) for s in scores)):
+        return "expected 'prompt' (messages) and 'replies' and numeric 'scores' lists of the same length, at least 2"
+    problem = validate_messages(prompt, need_assistant=False)
+    if problem:
+        return problem
+    for (a, score_a), (b, score_b) in itertools.combinations(zip(replies, scores), 2):
+        if score_a != score_b and a.strip() != b.strip():
+            chosen, rejected = (a, b) if score_a > score_b else (b, a)
+            rows["id"].append(content_id(conversation_text(prompt)))
+            rows["prompt"].append(prompt)
+            rows["chosen"].append(_as_messages(chosen, "assistant"))
+            rows["rejected"].append(_as_messages(rejected, "assistant"))
+            rows["kind"].append("human")
+    return None
+
+
 def preference_splits(args, kinds: list[str], weights: list[float] | None, context_turns: int, seed: int,
                       max_pairs: int | None, eval_pairs: int, dialogs: tuple[Dataset, Dataset] | None = None,
                       built_per_preference: float = 0.0) -> tuple[Dataset, Dataset, str]:
@@ -160,14 +192,8 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
     if args.preference_sources:
         train, held_out = (part.remove_columns("id") for part in split_eval(load_preferences(args), args))
         how = f"human preferences from {', '.join(args.preference_sources)}"
-        wanted = round(built_per_preference * len(train))
-        if wanted:
-            train_dialogs = (dialogs or dialog_splits(args))[0]
-            built = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns,
-                                           min(wanted, max_pairs or wanted))
-            train = concatenate_datasets([train, built.cast(train.features)])
-            how += f", mixed with {len(built)} pairs built from {', '.join(args.dialog_sources)}"
-        return train, held_out, how
+        return with_built_pairs(train, held_out, how, args, kinds, weights, context_turns, seed, max_pairs,
+                                built_per_preference, dialogs)
     train_dialogs, eval_dialogs = dialogs or dialog_splits(args)
     train = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns, max_pairs)
     held_out = build_preference_pairs(eval_dialogs["messages"], kinds, weights, args.split_seed, context_turns,
@@ -175,3 +201,37 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
     how = (f"built from the training split of {', '.join(args.dialog_sources)}: chosen = the real reply, rejected = "
            f"one of {', '.join(kinds)} (weights {weights or 'equal'})")
     return train, held_out, how
+
+
+def with_built_pairs(train: Dataset, held_out: Dataset, how: str, args, kinds, weights, context_turns: int,
+                     seed: int, max_pairs: int | None, per_pair: float, dialogs=None) -> tuple[Dataset, Dataset, str]:
+    """`per_pair` pairs built from the training dialogs added to the training pairs per pair there (with a margin of
+    0 where the pairs have margins)."""
+    wanted = round(per_pair * len(train))
+    if not wanted:
+        return train, held_out, how
+    train_dialogs = (dialogs or dialog_splits(args))[0]
+    built = build_preference_pairs(train_dialogs["messages"], kinds, weights, seed, context_turns,
+                                   min(wanted, max_pairs or wanted))
+    if "margin" in train.column_names:
+        built = built.add_column("margin", [0.0] * len(built))
+    train = concatenate_datasets([train, built.select_columns(train.column_names).cast(train.features)])
+    return train, held_out, how + f", mixed with {len(built)} pairs built from {', '.join(args.dialog_sources)}"
+
+
+def reward_pairs(recipe, data_args, reward_args, seed: int, dialogs=None, max_pairs: int | None = None
+                 ) -> tuple[Dataset, Dataset, str]:
+    """The reward model's training and held-out pairs as the recipe makes them, and how: the preference files when
+    data.preference_sources names some (people's votes and labels); else with `reward.labeler: built`, pairs built
+    from the dialogs; else the labeler's comparisons of the SFT model's own replies, which the reward stage collects
+    under the run folder (pipeline/comparisons.py). The reward stage, DPO and the evaluation all read them here."""
+    kinds, weights = reward_args.rejected_kinds, reward_args.rejected_weights
+    turns, max_pairs = recipe.reward_context_turns(reward_args), max_pairs or reward_args.max_pairs
+    if data_args.preference_sources or reward_args.labeler == BUILT:
+        return preference_splits(data_args, kinds, weights, turns, seed, max_pairs, reward_args.eval_pairs, dialogs,
+                                 reward_args.built_per_preference)
+    from pipeline.comparisons import labelled_splits
+
+    train, held_out, how = labelled_splits(Path(recipe.output_dir("comparisons")), reward_args.tie_margin)
+    return with_built_pairs(train, held_out, how, data_args, kinds, weights, turns, seed, max_pairs,
+                            reward_args.built_per_preference, dialogs)

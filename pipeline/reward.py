@@ -6,6 +6,7 @@
 import logging
 import time
 from collections import defaultdict
+from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import RewardTrainer
@@ -21,9 +22,11 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
+from pipeline.comparisons import agreement_report, collect_comparisons, read_comparisons
+from pipeline.data import dialog_splits
 from pipeline.generation import score_pairs
 from pipeline.hub import card_metadata, check_writable, push
-from pipeline.preferences import preference_splits
+from pipeline.preferences import BUILT, reward_pairs
 
 logger = logging.getLogger("minichatgpt.reward")
 
@@ -49,6 +52,21 @@ def with_lengths(pairs):
                                                  len(str(pair["prompt"] + pair["rejected"])))})
 
 
+def agreement_table(before: dict, after: dict) -> str:
+    """The card's section on how the reward model agrees with the labeler on held-out comparisons."""
+    def cell(row):
+        return f"{row['accuracy']:.3f} ± {row['accuracy_se']:.3f}" if row["accuracy"] is not None else "-"
+
+    lines = [f"| pairwise accuracy, {name.replace('_', ' ')} | {after[name]['pairs']} | {cell(before[name])} | "
+             f"{cell(after[name])} |" for name in ("all", "smaller_margin", "larger_margin")]
+    spearman = {k: row["spearman"] for k, row in (("before", before), ("after", after))}
+    lines.append(f"| rank correlation with the labeler within a prompt (Spearman) | {spearman['after']['prompts']} "
+                 f"prompts | {spearman['before']['mean']:.3f} ± {spearman['before']['se']:.3f} | "
+                 f"{spearman['after']['mean']:.3f} ± {spearman['after']['se']:.3f} |")
+    return ("\n## Agreement with the labeler on held-out comparisons of the SFT model's replies\n\n"
+            "| measure | items | before training | after training |\n|---|---|---|---|\n" + "\n".join(lines) + "\n")
+
+
 def main(recipe, overrides):
     data_args, stage_args, training_args = recipe.parse_stage(
         "reward", overrides,
@@ -66,14 +84,19 @@ def main(recipe, overrides):
     training_args.max_length = fit_context(recipe, "reward", training_args.max_length,
                                            model.config.max_position_embeddings)
 
-    train_pairs, eval_pairs, how = preference_splits(data_args, stage_args.rejected_kinds,
-                                                     stage_args.rejected_weights,
-                                                     recipe.reward_context_turns(stage_args),
-                                                     training_args.seed, stage_args.max_pairs, stage_args.eval_pairs,
-                                                     built_per_preference=stage_args.built_per_preference)
+    dialogs = dialog_splits(data_args)
+    labelled = not data_args.preference_sources and stage_args.labeler != BUILT
+    if labelled:
+        print(collect_comparisons(recipe, data_args, stage_args, training_args.seed, dialogs), flush=True)
+    train_pairs, eval_pairs, how = reward_pairs(recipe, data_args, stage_args, training_args.seed, dialogs)
     print(f"reward data: {len(train_pairs)} training pairs, {len(eval_pairs)} held-out pairs; {how}")
+    if "margin" in train_pairs.column_names:
+        train_pairs = (train_pairs.map(lambda pair: {"margin": pair["margin"] * stage_args.margin_scale})
+                       if stage_args.margin_scale else train_pairs.remove_columns("margin"))
 
+    held_out_rows = read_comparisons(Path(recipe.output_dir("comparisons")) / "held_out.jsonl") if labelled else None
     before = pairwise_report(model, tokenizer, eval_pairs)
+    agreement_before = agreement_report(model, tokenizer, held_out_rows, stage_args.tie_margin) if labelled else None
     trainer = RewardTrainer(
         model=model,
         args=training_args,
@@ -84,12 +107,17 @@ def main(recipe, overrides):
     trainer.train()
     wall = time.time() - start
     after = pairwise_report(trainer.model, tokenizer, eval_pairs)
+    agreement = agreement_report(trainer.model, tokenizer, held_out_rows, stage_args.tie_margin) if labelled else None
 
     metrics = {
         "eval_accuracy_before": before["all"]["accuracy"],
         "eval_accuracy": after["all"]["accuracy"],
         "eval_margin": after["all"]["margin"],
         **{f"eval_accuracy_{kind}": row["accuracy"] for kind, row in after.items() if kind != "all"},
+        **({"eval_accuracy_larger_margin": round(agreement["larger_margin"]["accuracy"], 4),
+            "eval_accuracy_smaller_margin": round(agreement["smaller_margin"]["accuracy"], 4),
+            "eval_spearman": round(agreement["spearman"]["mean"], 4),
+            "eval_spearman_before": round(agreement_before["spearman"]["mean"], 4)} if agreement else {}),
         "train_pairs": len(train_pairs),
         "wall_seconds": round(wall, 1),
     }
@@ -107,6 +135,7 @@ def main(recipe, overrides):
         f"| {kind} | {after[kind]['pairs']} | {before[kind]['accuracy']:.3f} | {after[kind]['accuracy']:.3f} | "
         f"{after[kind]['margin']:.3f} |" for kind in after
     )
+    agreement_section = agreement_table(agreement_before, agreement) if agreement else ""
     name = recipe.hub_name("reward")
     body = f"""# {name}
 
@@ -120,7 +149,7 @@ Pairs: {how}.
 | rejected kind | pairs | before training | after training | mean margin |
 |---|---|---|---|---|
 {table}
-
+{agreement_section}
 {metrics_table(metrics)}
 
 ## Use
@@ -139,6 +168,7 @@ print(score(text)[0]["score"])
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "reward", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
                             "metrics": metrics, "per_kind": {"before": before, "after": after},
+                            "agreement": {"before": agreement_before, "after": agreement},
                             "log_history": trainer.state.log_history, "pairs": how,
                             "fingerprint": recipe.fingerprint("reward", overrides)},
                   card_body=body,

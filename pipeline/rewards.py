@@ -7,7 +7,10 @@ computed, not learned, so that a policy cannot buy reward-model score with loops
 - `repetition`: minus the share of repeated token n-grams in the reply (`trl.rewards.get_repetition_penalty_reward`);
 - `end_of_turn`: -1 for a reply that never wrote the end-of-turn token (cut off by the length limit);
 - `relevance`: per-token pointwise mutual information of reply and context under the frozen SFT model,
-  log p(reply | context) - log p(reply | empty prompt): positive when the context explains the reply.
+  log p(reply | context) - log p(reply | empty prompt): positive when the context explains the reply;
+- `echo`: -1 for a reply that echoes the user's last turn, the labeler's own rule (pipeline/labeler.py): an echo fits
+  its context by construction, and the labeler's comparisons of SFT replies hold too few echoes for the reward model
+  to learn that it pays nothing.
 
 Every part scores (prompt token ids, reply token ids) pairs: the prompt as the chat template renders it with the
 generation prompt, the reply as the policy wrote it, end-of-turn token included when it stopped.
@@ -19,14 +22,23 @@ import torch
 from transformers.modeling_outputs import BaseModelOutput
 from trl.rewards import get_repetition_penalty_reward
 
+from pipeline.chat_format import END_OF_TURN, USER_MARKER
 from pipeline.errors import PipelineError
 from pipeline.generation import score_sequences, token_pmi_scores
+from pipeline.labeler import is_echo
 
-PARTS = ("reward_model", "repetition", "end_of_turn", "relevance")
+PARTS = ("reward_model", "repetition", "end_of_turn", "relevance", "echo")
 
 
 def end_of_turn_rewards(replies: list[list[int]], end_token_id: int) -> list[float]:
     return [0.0 if end_token_id in reply else -1.0 for reply in replies]
+
+
+def echo_rewards(tokenizer, prompts: list[list[int]], replies: list[list[int]]) -> list[float]:
+    """-1 for each reply that echoes the last user turn of its rendered prompt, else 0."""
+    user_turns = [tokenizer.decode(p).rsplit(USER_MARKER, 1)[-1].split(END_OF_TURN, 1)[0] for p in prompts]
+    texts = tokenizer.batch_decode(replies, skip_special_tokens=True)
+    return [-1.0 if is_echo(text, user) else 0.0 for text, user in zip(texts, user_turns)]
 
 
 class CompositeReward:
@@ -54,6 +66,8 @@ class CompositeReward:
             values = end_of_turn_rewards(replies, self.end_token_id)
         elif name == "relevance":
             values = token_pmi_scores(self.reference_model, self.tokenizer, prompts, replies, mmi_lambda=1.0)
+        elif name == "echo":
+            values = echo_rewards(self.tokenizer, prompts, replies)
         else:
             raise PipelineError(f"unknown reward part '{name}'; expected one of {list(PARTS)}")
         bad = sum(not math.isfinite(v) for v in values)

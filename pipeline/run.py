@@ -10,6 +10,7 @@ fresh (its checkpoints removed) when they were made with other settings.
 """
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,7 @@ KEY_METRIC = {
     "pretrain": "eval_perplexity",
     "sft": "eval_reply_perplexity",
     "reward": "eval_accuracy",
-    "ppo": "win_rate",
+    "ppo": "gold_win_rate",
     "dpo": "eval_preference_accuracy",
 }
 TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
@@ -117,6 +118,13 @@ def main():
         key = format_metrics({KEY_METRIC[stage]: metric}) if metric is not None else "-"
         print(f"{stage:10} {str(folder):36} {key:28} {seconds:6.0f}s {'' if how == 'ran' else '(skipped)'}")
     print(f"total {time.time() - total_start:.0f}s")
+    report = Path(recipe.output_dir("eval")) / "report.json"
+    if "eval" in stages and report.is_file():
+        example = json.loads(report.read_text(encoding="utf-8"))["seed_example"]
+        print(f"\n\"{example['prompt']}\"")
+        for stage, replies in example["replies"].items():
+            for decoding, text in replies.items():
+                print(f"  {stage:4} {decoding:7} {text}")
     print(f"\nchat with it:  python pipeline/chat.py --model {recipe.hub_path('ppo')}")
 
 

@@ -1,8 +1,11 @@
+import atexit
+import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
 WIKITEXT = SHARED_DATA / "wikitext-2-raw" / "wiki.test.raw"
 CORNELL = SHARED_DATA / "cornell-movie-dialogs-sample"
+# Small files of our own in the two corpora's formats (WikiText's raw text; Cornell's separators, in latin-1), so that a
+# clone needs nothing beside it.
+WIKITEXT_MINI = ROOT / "tests" / "data" / "wikitext-mini" / "wiki.test.raw"
+CORNELL_MINI = ROOT / "tests" / "data" / "cornell-mini"
 
 
 def run_cli(args, cwd=ROOT, timeout=600, check=False, env=None):
@@ -39,12 +46,14 @@ def launch(script, recipe, *overrides, processes=1, **kwargs):
     return run_cli([*head, ROOT / script, "--config", recipe, *overrides], **kwargs)
 
 
-def write_recipe(path: Path, tmp_root: Path, **changes) -> Path:
-    """The smoke recipe with its hub and checkpoints under `tmp_root` and sections changed by `changes`."""
-    recipe = yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text())
+def write_recipe(path: Path, tmp_root: Path, base: str = "smoke", **changes) -> Path:
+    """The `base` recipe (the smoke recipe) with its hub and checkpoints under `tmp_root`, the tiny labeler, and
+    sections changed by `changes`."""
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{base}.yaml").read_text())
     recipe["hub_dir"] = str(tmp_root / "hub")
     recipe["output_root"] = str(tmp_root / "runs")
     recipe["run_name"] = path.stem
+    recipe.setdefault("reward", {})["labeler"] = str(tiny_labelers()["embedder"])
     for section, values in changes.items():
         if isinstance(values, dict):
             recipe.setdefault(section, {}).update(values)
@@ -56,9 +65,13 @@ def write_recipe(path: Path, tmp_root: Path, **changes) -> Path:
 
 def seed_hub(smoke_run, tmp_path: Path, run_name: str, *stages: str):
     """Copy the smoke run's finished `stages` into tmp_path/hub under `run_name`; by default what an RL stage reads:
-    the tokenizer, base, SFT and reward models."""
-    for stage in stages or ("tokenizer", "base", "sft", "reward"):
+    the tokenizer, base, SFT and reward models. With the reward model come the comparisons it learned, which DPO and
+    the evaluation read from the run folder."""
+    stages = stages or ("tokenizer", "base", "sft", "reward")
+    for stage in stages:
         shutil.copytree(smoke_run["hub"] / f"smoke-{stage}", tmp_path / "hub" / f"{run_name}-{stage}")
+    if "reward" in stages:
+        shutil.copytree(smoke_run["runs"] / "smoke" / "comparisons", tmp_path / "runs" / run_name / "comparisons")
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +102,35 @@ def most_lines_missing(folder: Path) -> Path:
     """100 two-line conversations of which only 6 have their lines in movie_lines.txt."""
     lines = [(f"L{i}", f"u{i % 2}", f"line {i}") for i in range(12)]
     return write_cornell(folder, lines, [[f"L{2 * c}", f"L{2 * c + 1}"] for c in range(100)])
+
+
+LABELER_WORDS = ("hi how are you good fine thanks what do for fun i like movies music dogs cats the a to and is it "
+                 "that was going say ask you play guitar piano school work weekend yes no maybe ok lol").split()
+
+
+@functools.cache
+def tiny_labelers() -> dict[str, Path]:
+    """Labelers built from config, as a hub id would bring them: a sentence-transformers embedder (a 2-layer BERT with
+    mean pooling) and a sequence-classification reward model, sharing one WordPiece tokenizer. Built once per test
+    session; every recipe the tests write labels with the embedder (the default labeler is a 420 MB download)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import BertWordPieceTokenizer
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    root = Path(tempfile.mkdtemp(prefix="minichatgpt-labelers-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    wordpiece = BertWordPieceTokenizer(lowercase=True)
+    wordpiece.train_from_iterator([" ".join(LABELER_WORDS)] * 4, vocab_size=200, min_frequency=1)
+    wordpiece.save_model(str(root))
+    tokenizer = BertTokenizerFast(vocab_file=str(root / "vocab.txt"))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    folders = {"embedder": root / "embedder", "reward_model": root / "reward-model"}
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(root / "bert")
+    tokenizer.save_pretrained(root / "bert")
+    SentenceTransformer(str(root / "bert"), device="cpu").save(str(folders["embedder"]))
+    BertForSequenceClassification(config).save_pretrained(folders["reward_model"])
+    tokenizer.save_pretrained(folders["reward_model"])
+    return folders

@@ -1,7 +1,8 @@
-"""The web chat and arena (pipeline/app.py) driven in a real headless Chromium, and the vote file the reward stage
-reads. The browser is Debian's /usr/bin/chromium (Playwright never downloads one); without it the browser tests skip,
-except in CI, where they must run."""
+"""The web chat, arena and labeling page (pipeline/app.py) driven in a real headless Chromium, and the vote and label
+files the reward stage reads. The browser is Debian's /usr/bin/chromium (Playwright never downloads one); without it
+the browser tests skip, except in CI, where they must run."""
 
+import contextlib
 import json
 import os
 import socket
@@ -13,12 +14,23 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, write_jsonl
 from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pipeline.arguments import DataArguments
 from pipeline.chat import Chat, decoding_config
+from pipeline.comparisons import read_comparisons
+from pipeline.errors import PipelineError
+from pipeline.labels import (
+    append_label,
+    display_order,
+    judgement_row,
+    person_scores,
+    progress,
+    read_labels,
+    skipped_row,
+)
 from pipeline.preferences import load_preferences, preference_splits
 from pipeline.votes import append_vote, read_votes, tally_table, vote_row
 
@@ -270,6 +282,109 @@ def test_preference_files_mix_with_built_pairs(tmp_path):
     assert len(only_human) + len(held_out) == 20 and set(only_human["kind"]) == {"human"}
     assert len(mixed) == 3 * len(only_human) and mixed_held_out["prompt"] == held_out["prompt"]
     assert set(mixed["kind"]) == {"human", "truncated", "generic"} and "mixed with" in how
+
+
+def comparisons() -> list[dict]:
+    """Two prompts of the reward stage's comparisons file, each with three replies sampled from the SFT model."""
+    made_by = {"labeler": "all-mpnet-base-v2", "model": "hub/x-sft", "revision": "20261207-183000-123456"}
+    return [{"id": "3f2a", "prompt": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                                      {"role": "user", "content": "how are you ?"}],
+             "replies": ["good , you ?", "i like dogs", "fine thanks"], "scores": [0.31, -0.02, 0.25]} | made_by,
+            {"id": "9c1b", "prompt": [{"role": "user", "content": "do you like movies ?"}],
+             "replies": ["yes , comedies", "no", "what is a movie"], "scores": [0.42, 0.05, -0.37]} | made_by]
+
+
+@contextlib.contextmanager
+def label_app(log: Path, *args):
+    process, url = start_app(log, *args)
+    try:
+        wait_until_serving(process, url, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_people_label_replies_and_a_restarted_page_goes_on_where_it_stopped(browser, tmp_path):
+    path = write_jsonl(tmp_path / "comparisons.jsonl", comparisons())
+    labels = tmp_path / "labels" / "labels.jsonl"
+    ranks = {"good , you ?": 1, "i like dogs": 3, "fine thanks": 1}
+    with label_app(tmp_path / "label.log", "--label", path, "--labels", labels) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#reply-3 textarea")).not_to_have_value("")
+        expect(page.locator("#conversation textarea")).to_have_value("user: hi\nassistant: hello\nuser: how are you ?")
+        expect(page.locator("#progress")).to_contain_text("0 of 2 prompts labelled")
+        shown = [page.locator(f"#reply-{number} textarea").input_value() for number in (1, 2, 3)]
+        assert sorted(shown) == sorted(ranks)
+        assert "0.31" not in page.locator("body").inner_text() and "all-mpnet" not in page.content()
+        for number, text in enumerate(shown[:2], 1):
+            page.locator(f"#choice-{number}").get_by_label(str(ranks[text]), exact=True).check()
+        page.locator("#submit").click()
+        expect(page.locator("#notice")).to_contain_text("error: rank every reply before submitting (missing: reply 3)")
+        assert not labels.exists()
+        page.locator("#choice-3").get_by_label(str(ranks[shown[2]]), exact=True).check()
+        page.locator("#submit").click()
+        expect(page.locator("#progress")).to_contain_text("1 of 2 prompts labelled")
+        expect(page.locator("#conversation textarea")).to_have_value("user: do you like movies ?")
+        expect(page.locator("#choice-1 input:checked")).to_have_count(0)
+        page.locator("#skip").click()
+        expect(page.locator("#notice")).to_contain_text("Nothing left to label")
+        expect(page.locator("#progress")).to_contain_text("1 of 2 prompts labelled, 1 skipped")
+        page.close()
+
+    first, second = comparisons()
+    judged, skipped = [json.loads(line) for line in labels.read_text().splitlines()]
+    assert judged.pop("time") and skipped.pop("time")
+    assert judged == {"id": "3f2a", "prompt": first["prompt"], "replies": first["replies"], "scores": [3, 1, 3],
+                      "mode": "rank", "labeler": "person", "model": "hub/x-sft", "revision": "20261207-183000-123456"}
+    assert skipped == {"id": "9c1b", "skipped": True, "labeler": "person", "model": "hub/x-sft",
+                       "revision": "20261207-183000-123456"}
+
+    with label_app(tmp_path / "again.log", "--label", path, "--labels", labels) as url:
+        page = browser.new_page()
+        page.goto(url)
+        expect(page.locator("#notice")).to_contain_text("Nothing left to label")
+        expect(page.locator("#submit")).to_be_disabled()
+        page.close()
+    assert len(labels.read_text().splitlines()) == 2
+
+
+def test_label_rows_keep_the_file_order_of_the_replies_and_skip_lines_cut_short(tmp_path):
+    first, second = comparisons()
+    order = display_order(first, seed=0)
+    assert sorted(order) == [0, 1, 2] and order == display_order(first, seed=0)
+    assert any(display_order(first, seed) != [0, 1, 2] for seed in range(10)), "the replies are never shuffled"
+    # The page shows reply `order[n]` of the file as its reply n + 1: the ranks and scores below are as shown.
+    assert [person_scores([1, 3, 1], order, "rank")[i] for i in order] == [3, 1, 3]
+    assert [person_scores([5, 2, 2], order, "score")[i] for i in order] == [5, 2, 2]
+    with pytest.raises(PipelineError, match=r"score every reply before submitting \(missing: reply 2\)"):
+        person_scores([4, None, 1], order, "score")
+
+    path = tmp_path / "labels.jsonl"
+    assert append_label(path, judgement_row(first, [3, 1, 3], "rank"))
+    with path.open("a") as file:
+        file.write('{"id": "9c1b", "skipp')
+    assert progress([first, second], read_labels(path)) == "1 of 2 prompts labelled"
+    assert append_label(path, skipped_row(second)) and not append_label(path, skipped_row(second))
+    assert progress([first, second], read_labels(path)) == "1 of 2 prompts labelled, 1 skipped"
+    assert read_labels(path)["3f2a"]["scores"] == [3, 1, 3]
+
+
+def test_a_bad_comparisons_file_stops_the_label_page_with_one_line(tmp_path):
+    first, second = comparisons()
+    path = write_jsonl(tmp_path / "comparisons.jsonl", [first, second | {"replies": ["no"]}])
+    result = run_cli(["pipeline/app.py", "--label", path])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {path}: line 2: expected 'replies' to be a list of two or more strings")
+    for rows, problem in (([first, "{cut"], "line 2: not JSON"), ([first, first], "line 2: expected a new id"),
+                          ([first | {"scores": [1]}], "line 1: expected 'scores' to be a list of one score per reply"),
+                          ([first | {"prompt": "hi"}], "line 1: expected 'prompt' to be a list of messages")):
+        with pytest.raises(PipelineError, match=problem):
+            read_comparisons(write_jsonl(path, rows))
+    with pytest.raises(PipelineError, match="comparisons file not found"):
+        read_comparisons(tmp_path / "missing.jsonl")
 
 
 def test_a_missing_model_folder_stops_the_app_with_one_line(tmp_path):

@@ -2,9 +2,11 @@
 
 import json
 import math
+import os
 
+import pytest
 import yaml
-from conftest import run_cli, seed_hub, write_recipe
+from conftest import CORNELL, CORNELL_MINI, ROOT, WIKITEXT, WIKITEXT_MINI, run_cli, seed_hub, write_recipe
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
 STAGES = ("tokenizer", "base", "sft", "reward", "ppo")
@@ -75,7 +77,7 @@ def test_eval_report_plots_and_model_index(smoke_run):
     assert set(report["next_reply_ranking"]) == {"pretrain", "sft", "ppo"}
     for row in report["next_reply_ranking"].values():
         assert 0 <= row["recall_at_1"] <= 1 and row["candidates"] == 10
-    for plot in ("pretrain_loss.png", "sft_loss.png", "reward_accuracy.png", "ppo_reward_kl.png"):
+    for plot in ("pretrain_loss.png", "sft_loss.png", "reward_accuracy.png", "rl_reward_kl.png", "gold_proxy.png"):
         assert plot in report["plots"] and (report_dir / plot).stat().st_size > 1000
     markdown = (report_dir / "report.md").read_text()
     assert "## Sample replies" in markdown and "| greedy | ppo |" in markdown and "| mmi | sft |" in markdown
@@ -109,3 +111,41 @@ def test_second_run_skips_finished_stages_and_force_redoes_the_rest(smoke_run):
     assert (smoke_run["hub"] / "smoke-ppo" / "minichatgpt.json").read_text() != before
     revisions = [p for p in (smoke_run["hub"] / ".revisions" / "smoke-ppo").iterdir() if p.is_dir()]
     assert len(revisions) >= 2, "the replaced version is kept next to the current one"
+
+
+def shared_corpus(path):
+    """A corpus of ../shared/data: present in this project's CI, where the test must run; reported as skipped
+    elsewhere."""
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            raise AssertionError(f"{path} is missing; CI has ../shared/data")
+        pytest.skip(f"{path} is not beside this clone")
+    return path
+
+
+@pytest.mark.parametrize("corpora", [
+    "repository",
+    pytest.param("shared", marks=pytest.mark.slow),
+])
+def test_the_seeds_flow_pretrains_on_wikitext_then_chats_on_movie_dialogs_with_beam_search(tmp_path, corpora):
+    text, dialogs = ((WIKITEXT_MINI, CORNELL_MINI) if corpora == "repository"
+                     else (shared_corpus(WIKITEXT), shared_corpus(CORNELL)))
+    smoke = yaml.safe_load((ROOT / "recipes" / "smoke.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "recipes" / "wikigpt-movie.yaml").read_text())
+    # The shipped recipe's flow and decoding at the smoke recipe's size.
+    recipe = write_recipe(tmp_path / "wikigpt-movie.yaml", tmp_path, base="wikigpt-movie",
+                          data={"text_sources": [f"wikitext:{text}"], "dialog_sources": [f"cornell:{dialogs}"],
+                                "eval_fraction": 0.2, "text_unit": "line"},
+                          **{section: smoke[section] for section in ("model", "tokenizer", "pretrain", "sft", "ppo")},
+                          reward={**smoke["reward"], "comparison_prompts": 16, "held_out_comparison_prompts": 4},
+                          eval={**shipped["eval"], "max_prompts": 6, "max_new_tokens": 12, "ranking_contexts": 4})
+    result = run_cli(["pipeline/run.py", "--config", recipe], timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "wikigpt-movie" / "eval" / "report.json").read_text())
+    assert list(report["sft_vs_ppo"]) == ["greedy", "beam", "sample"] and report["rl_algorithm"] == "ppo"
+    example = report["seed_example"]
+    assert example["prompt"] == "how are you ?" and set(example["replies"]) == {"sft", "ppo"}
+    assert all(set(replies) == {"greedy", "beam"} for replies in example["replies"].values())
+    closing = result.stdout[result.stdout.index('"how are you ?"'):]
+    assert all(f"{stage:4} {decoding:7} " in closing for stage in ("sft", "ppo") for decoding in ("greedy", "beam"))
+    assert "## The seed's example" in (tmp_path / "runs" / "wikigpt-movie" / "eval" / "report.md").read_text()

@@ -2,6 +2,7 @@
 reward model, RLOO and GRPO end to end, and the seed benchmark."""
 
 import json
+import math
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
+from pipeline.config import load_recipe
 from pipeline.errors import PipelineError
 from pipeline.guards import guard_flags
 from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
@@ -80,6 +82,15 @@ def test_a_loop_and_a_missing_end_token_are_penalised(tokenizer, reward_model, t
     assert reward(prompts, replies) == [a + b for a, b in zip(parts["repetition"], parts["end_of_turn"])]
 
 
+def test_a_reply_that_echoes_the_user_is_penalised_by_the_labelers_rule(tokenizer, reward_model, topic_model):
+    reward = composite(reward_model, topic_model, tokenizer, echo=2.0)
+    prompts = [prompt_ids(tokenizer, "music")] * 3
+    replies = [reply_ids(tokenizer, "i like music"), reply_ids(tokenizer, "like music", end=False),
+               reply_ids(tokenizer, "music is great , what do you play ?")]
+    assert reward.part("echo", prompts, replies) == [-1.0, -1.0, 0.0]
+    assert reward(prompts, replies) == [-2.0, -2.0, 0.0]
+
+
 def test_a_reply_to_another_context_gets_a_lower_relevance_term(tokenizer, reward_model, topic_model):
     reward = composite(reward_model, topic_model, tokenizer, relevance=1.0)
     replies = [reply_ids(tokenizer, f"{topic} are great") for topic in TOPICS]
@@ -141,7 +152,7 @@ def test_rloo_pushes_a_chat_model_for_stock_pipeline(smoke_run, tmp_path):
     assert meta["temperature"] == 0.7 and "sampled at temperature 0.7" in (folder / "README.md").read_text()
     assert meta["metrics"]["final_kl_coef"] < 0.05, "a KL far under its target lowers the coefficient"
     assert any("objective/kl" in row and "rewards/relevance/mean" in row for row in meta["log_history"])
-    assert (folder / "ppo_curve.png").is_file()
+    assert (folder / "rl_curve.png").is_file()
     chat = pipeline("text-generation", model=str(folder))
     out = chat([{"role": "user", "content": "how are you ?"}], max_new_tokens=8)
     assert out[0]["generated_text"][-1]["role"] == "assistant"
@@ -236,3 +247,19 @@ def test_guards_need_a_sustained_change_not_one_noisy_log():
     assert list(guard_flags(looping)) == ["loops"] and "from 0.22 to 0.4" in guard_flags(looping)["loops"]
     fewer_loops = [guard_log(i, 0.1 * i, 0.3, 0.6, 0.3 - 0.02 * i) for i in range(1, 13)]
     assert guard_flags(fewer_loops) == {}
+
+
+def test_ppo_is_the_shipped_rl_algorithm_and_logs_the_labelers_gold_against_the_proxy(smoke_run):
+    for name in ("quickstart", "chat-hour", "smoke"):
+        assert load_recipe(ROOT / "recipes" / f"{name}.yaml").parse("ppo")[0].algorithm == "ppo"
+    folder = smoke_run["hub"] / "smoke-ppo"
+    meta = json.loads((folder / "minichatgpt.json").read_text())
+    card = (folder / "README.md").read_text()
+    assert meta["algorithm"] == "ppo" and "PPO (TRL `trl.experimental.ppo.PPOTrainer`, trl 1.12.0)" in card
+    assert "| prompt | SFT | PPO |" in card and "RLOO" not in card
+    history = meta["gold_proxy"]
+    assert [row["step"] for row in history][:2] == [0, 1] and history[0]["kl"] == 0 and len(history) >= 3
+    assert all(math.isfinite(row["gold"]) and math.isfinite(row["proxy"]) for row in history)
+    assert history[0]["gold_gain"] == history[0]["proxy_gain"] == 0
+    assert "## Gold and proxy" in card and (folder / "gold_proxy.png").stat().st_size > 1000
+    assert 0 <= meta["metrics"]["gold_win_rate"] <= 1

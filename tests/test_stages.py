@@ -3,16 +3,19 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
+from conftest import ROOT, launch, run_cli, seed_hub, tiny_labelers, write_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from pipeline.comparisons import comparison_pairs, read_comparisons
 from pipeline.generation import fit_history, render_prompts
 from pipeline.ppo import prompt_conversations
 
@@ -150,7 +153,7 @@ def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than
     seed_hub(smoke_run, tmp_path, "rm", "tokenizer", "base", "sft")
     degraded = ["truncated", "shuffled", "looped", "generic"]
     recipe = write_recipe(tmp_path / "rm.yaml", tmp_path, data={"max_eval_examples": 100},
-                          reward={"max_steps": 100, "max_pairs": 1600, "learning_rate": 3e-3,
+                          reward={"labeler": "built", "max_steps": 100, "max_pairs": 1600, "learning_rate": 3e-3,
                                   "rejected_kinds": degraded})
     result = launch("pipeline/reward.py", recipe)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -159,6 +162,33 @@ def test_trained_reward_model_ranks_real_replies_above_degraded_ones_better_than
     assert set(per_kind["after"]) <= {"all", *degraded, "other_conversation"}
     assert per_kind["after"]["all"]["accuracy"] >= per_kind["before"]["all"]["accuracy"] + 0.05
     assert per_kind["after"]["all"]["margin"] > 0.05 > abs(per_kind["before"]["all"]["margin"])
+
+
+def test_the_reward_model_learns_the_labelers_ranking_of_the_sft_models_own_replies(smoke_run, tmp_path):
+    seed_hub(smoke_run, tmp_path, "ai", "tokenizer", "base", "sft")
+    shutil.rmtree(tmp_path / "runs" / "ai", ignore_errors=True)
+    recipe = write_recipe(tmp_path / "ai.yaml", tmp_path, reward={"comparison_prompts": 24,
+                                                                  "held_out_comparison_prompts": 8,
+                                                                  "replies_per_prompt": 3, "tie_margin": 0.001})
+    result = launch("pipeline/reward.py", recipe)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "runs" / "ai" / "comparisons"
+    train, held_out = (read_comparisons(folder / f"{split}.jsonl") for split in ("train", "held_out"))
+    assert len(train) == 24 and len(held_out) == 8
+    assert all(len(row["replies"]) == len(row["scores"]) == len(row["finished"]) == 3 for row in train + held_out)
+    assert {row["labeler"] for row in train} == {str(tiny_labelers()["embedder"])}
+    assert {row["revision"] for row in train} == {Path(os.path.realpath(tmp_path / "hub" / "ai-sft")).name}
+    assert not {row["id"] for row in train} & {row["id"] for row in held_out}, "no held-out prompt is trained on"
+    pairs, counts = comparison_pairs(train, 0.001)
+    meta = json.loads((tmp_path / "hub" / "ai-reward" / "minichatgpt.json").read_text())
+    assert meta["metrics"]["train_pairs"] == counts["pairs"] == len(pairs) > 0
+    assert f"{counts['pairs']} pairs of 24 training prompts x 3 replies" in meta["pairs"]
+    agreement = meta["agreement"]["after"]
+    assert -1 <= agreement["spearman"]["mean"] <= 1 and agreement["all"]["pairs"] > 0
+    assert "## Agreement with the labeler" in (tmp_path / "hub" / "ai-reward" / "README.md").read_text()
+    # The same SFT model and settings again: the comparisons are read back, not sampled and labelled again.
+    result = launch("pipeline/reward.py", recipe, "--max_steps", "2")
+    assert result.returncode == 0 and f"comparisons reused from {folder}" in result.stdout
 
 
 def test_ppo_prompts_end_at_a_user_turn_and_are_left_padded_for_generation(smoke_run):
