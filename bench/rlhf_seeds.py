@@ -34,7 +34,7 @@ from pipeline.common import load_model, load_tokenizer, trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
-from pipeline.generation import end_of_turn_ids, generate_reply_ids, scored_replies
+from pipeline.generation import ended, generate_reply_ids, scored_replies
 from pipeline.labeler import recipe_labeler
 
 from stage_variants import run_stage_script, variant_recipe
@@ -49,7 +49,7 @@ def run_policy_stage(recipe, work: Path, algorithm: str, seed: int) -> tuple[str
     """Train one policy from the run's SFT and reward models; returns its run name and the stage whose hub folder
     holds it."""
     name = f"{recipe.run_name}-{algorithm}-s{seed}"
-    path = variant_recipe(recipe, work, name, linked_stages=("sft", "reward"))
+    path = variant_recipe(recipe, work, name, linked_stages=("sft", "reward"), copied_outputs=("comparisons",))
     stage = "dpo" if algorithm == "dpo" else "ppo"
     run_stage_script(stage, path, ["--seed", str(seed), *(["--algorithm", algorithm] if stage == "ppo" else [])],
                      f"{algorithm} seed {seed}")
@@ -91,8 +91,7 @@ class Evaluator:
         prompt_ids, reply_ids = generate_reply_ids(model, self.tokenizer, self.prompts, max_prompt_tokens=budget,
                                                    **settings)
         texts, scores = scored_replies(self.reward_model, self.tokenizer, prompt_ids, reply_ids)
-        ends = set(end_of_turn_ids(self.tokenizer))
-        gold = (self.labeler.score(self.prompts, texts, [bool(r) and r[-1] in ends for r in reply_ids])
+        gold = (self.labeler.score(self.prompts, texts, ended(self.tokenizer, reply_ids))
                 if self.labeler else [0.0] * len(texts))
         return texts, scores, gold
 

@@ -24,7 +24,7 @@ from pipeline.chat_format import END_OF_TURN
 from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
 from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
 from pipeline.generation import (
-    end_of_turn_ids,
+    ended,
     generate_replies,
     generate_reply_ids,
     score_pairs,
@@ -92,7 +92,6 @@ def compare_policies(models: dict, reward_model, labeler, tokenizer, prompts, hu
         "beam": {"do_sample": False, "num_beams": args.num_beams, "repetition_penalty": args.repetition_penalty},
     }
     replies, rows = {}, {policy: {} for policy in models if policy != "sft"}
-    ends = set(end_of_turn_ids(tokenizer))
     for strategy in args.strategies:
         settings = settings_of.get(strategy, {})
         judged, scores, specificity, gold = {}, {}, {}, {}
@@ -103,7 +102,7 @@ def compare_policies(models: dict, reward_model, labeler, tokenizer, prompts, hu
             texts, scores[stage] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
             replies[(stage, strategy)] = texts
             if labeler is not None:
-                gold[stage] = labeler.score(prompts, texts, [bool(r) and r[-1] in ends for r in reply_ids])
+                gold[stage] = labeler.score(prompts, texts, ended(tokenizer, reply_ids))
             result = reply_specificity(prompts, texts, human_replies, per_reply=True)
             specificity[stage] = result["scores"]
             judged[stage] = {f"{stage}_specificity": result["specificity"],

@@ -15,7 +15,6 @@ import copy
 import hashlib
 import itertools
 import json
-import logging
 import os
 import statistics
 import time
@@ -25,10 +24,8 @@ from datasets import Dataset
 
 from pipeline.data import content_id, sample_pairs
 from pipeline.errors import PipelineError
-from pipeline.generation import end_of_turn_ids, generate_reply_ids, reply_texts
+from pipeline.generation import ended, generate_reply_ids, reply_texts
 from pipeline.sources import conversation_text
-
-logger = logging.getLogger(__name__)
 
 SETTINGS_FILE = "settings.json"
 SPLITS = ("train", "held_out")
@@ -60,8 +57,7 @@ def sample_comparisons(model, tokenizer, prompts: list[list[dict]], replies_per_
     repeated = [p for p in prompts for _ in range(replies_per_prompt)]
     _, reply_ids = generate_reply_ids(model, tokenizer, repeated, batch_size=64, max_prompt_tokens=max_prompt_tokens,
                                       generation_config=generation_config)
-    ends = set(end_of_turn_ids(tokenizer))
-    finished = [bool(ids) and ids[-1] in ends for ids in reply_ids]
+    finished = ended(tokenizer, reply_ids)
     texts = reply_texts(tokenizer, reply_ids)
     scores = labeler.score(repeated, texts, finished)
     revision = model_revision(model_name)
@@ -69,22 +65,23 @@ def sample_comparisons(model, tokenizer, prompts: list[list[dict]], replies_per_
     for i, prompt in enumerate(prompts):
         group = slice(i * replies_per_prompt, (i + 1) * replies_per_prompt)
         # Unique within the file and across collections: the labeling page finds a prompt's judgement by it.
-        rows.append({"id": content_id(f"{revision}:{i}:{conversation_text(prompt)}"), "prompt": prompt, "replies": texts[group],
-                     "scores": [round(s, 4) for s in scores[group]], "finished": finished[group],
-                     "labeler": labeler.name, "model": str(model_name), "revision": revision})
+        rows.append({"id": content_id(f"{revision}:{i}:{conversation_text(prompt)}"), "prompt": prompt,
+                     "replies": texts[group], "scores": [round(s, 4) for s in scores[group]],
+                     "finished": finished[group], "labeler": labeler.name, "model": str(model_name),
+                     "revision": revision})
     return rows
 
 
 def collect_comparisons(recipe, data_args, stage_args, seed: int, dialogs) -> str:
     """The labeler's comparisons of the SFT model's replies, collected into the run folder unless they are there
-    already from the same model revision and settings; returns what was done."""
+    already from the same weights and settings; returns what was done."""
     from transformers import AutoModelForCausalLM, set_seed
 
     from pipeline.common import load_model, load_tokenizer, trainer_defaults
     from pipeline.labeler import load_labeler, reference_conversations
 
     folder, sft_path = Path(recipe.output_dir("comparisons")), recipe.hub_path("sft")
-    ppo_args, ppo_config = recipe.parse("ppo", defaults=trainer_defaults(response_length=32))
+    ppo_config = recipe.parse("ppo", defaults=trainer_defaults(response_length=32))[1]
     turns = recipe.reward_context_turns(stage_args)
     settings = {"model": str(sft_path), "weights": weights_digest(sft_path), "labeler": stage_args.labeler,
                 "replies_per_prompt": stage_args.replies_per_prompt, "prompts": stage_args.comparison_prompts,
@@ -184,25 +181,34 @@ def save_comparisons(folder: Path, settings: dict, splits: dict[str, list[dict]]
     (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2), encoding="utf-8")
 
 
+def ranked_pairs(replies: list[str], scores: list[float], tie_margin: float, counts: dict
+                 ) -> list[tuple[str, str, float]]:
+    """Every pair of one prompt's replies as (chosen, rejected, margin), the higher-scored reply chosen; pairs of the
+    same reply, and ties (equal scores, or closer than `tie_margin`), are left out and counted in `counts`."""
+    pairs = []
+    for (a, score_a), (b, score_b) in itertools.combinations(zip(replies, scores), 2):
+        if a.strip() == b.strip():
+            counts["same_reply"] += 1
+        elif score_a == score_b or abs(score_a - score_b) < tie_margin:
+            counts["ties"] += 1
+        else:
+            (chosen, high), (rejected, low) = sorted(((a, score_a), (b, score_b)), key=lambda x: -x[1])
+            pairs.append((chosen, rejected, round(high - low, 4)))
+    return pairs
+
+
 def comparison_pairs(rows: list[dict], tie_margin: float) -> tuple[Dataset, dict]:
     """Every pair of one prompt's replies as a preference row with the labeler's margin; pairs whose scores differ by
     less than `tie_margin`, and pairs of the same reply, are dropped and counted."""
     pairs = {"id": [], "prompt": [], "chosen": [], "rejected": [], "margin": [], "kind": []}
     counts = {"prompts": len(rows), "pairs": 0, "ties": 0, "same_reply": 0}
     for row in rows:
-        for (a, score_a), (b, score_b) in itertools.combinations(zip(row["replies"], row["scores"]), 2):
-            if a.strip() == b.strip():
-                counts["same_reply"] += 1
-                continue
-            if abs(score_a - score_b) < tie_margin:
-                counts["ties"] += 1
-                continue
-            (chosen, high), (rejected, low) = sorted(((a, score_a), (b, score_b)), key=lambda x: -x[1])
+        for chosen, rejected, margin in ranked_pairs(row["replies"], row["scores"], tie_margin, counts):
             pairs["id"].append(row["id"])
             pairs["prompt"].append(row["prompt"])
             pairs["chosen"].append([{"role": "assistant", "content": chosen}])
             pairs["rejected"].append([{"role": "assistant", "content": rejected}])
-            pairs["margin"].append(round(high - low, 4))
+            pairs["margin"].append(margin)
             pairs["kind"].append("labeler")
             counts["pairs"] += 1
     return Dataset.from_dict(pairs), counts

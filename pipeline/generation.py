@@ -85,6 +85,12 @@ def generate_reply_ids(model, tokenizer, conversations: list[list[dict]], batch_
     return prompts, replies
 
 
+def ended(tokenizer, reply_ids: list[list[int]]) -> list[bool]:
+    """Whether each reply ends its turn (a reply cut off by the length limit does not)."""
+    ends = set(end_of_turn_ids(tokenizer))
+    return [bool(ids) and ids[-1] in ends for ids in reply_ids]
+
+
 def cut_at_end(tokens: list[int], ends: set[int]) -> list[int]:
     """A generated row up to and including its first end token; the padding after it is not part of the reply."""
     end = next((i for i, token in enumerate(tokens) if token in ends), None)

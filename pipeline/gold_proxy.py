@@ -8,7 +8,7 @@ import statistics
 import torch
 from transformers import TrainerCallback
 
-from pipeline.generation import end_of_turn_ids, generate_reply_ids, reply_texts, score_sequences
+from pipeline.generation import ended, generate_reply_ids, reply_texts, score_sequences
 from pipeline.guards import rl_log_values
 
 # Measurements over a run when the recipe does not say how often.
@@ -34,9 +34,7 @@ class GoldProxyMonitor(TrainerCallback):
                                                        max_prompt_tokens=self.max_prompt_tokens,
                                                        generation_config=self.generation_config)
         policy.train(training)
-        ends = set(end_of_turn_ids(self.tokenizer))
-        finished = [bool(ids) and ids[-1] in ends for ids in reply_ids]
-        gold = self.labeler.score(self.prompts, reply_texts(self.tokenizer, reply_ids), finished)
+        gold = self.labeler.score(self.prompts, reply_texts(self.tokenizer, reply_ids), ended(self.tokenizer, reply_ids))
         proxy = score_sequences(self.reward_model, [p + r for p, r in zip(prompt_ids, reply_ids)],
                                 self.tokenizer.pad_token_id)
         return gold, proxy

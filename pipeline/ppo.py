@@ -41,7 +41,7 @@ from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import (
     chat_generation_config,
-    end_of_turn_ids,
+    ended,
     fit_history,
     generate_reply_ids,
     render_prompts,
@@ -84,13 +84,12 @@ def compare(sft, policy, reward_model, labeler, tokenizer, prompts, max_prompt_t
     settings = {"do_sample": False, "repetition_penalty": 1.0, "max_new_tokens": max_new_tokens,
                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
     replies, scores, gold = {}, {}, {}
-    ends = set(end_of_turn_ids(tokenizer))
     for name, model in (("sft", sft), ("ppo", policy)):
         prompt_ids, reply_ids = generate_reply_ids(model, tokenizer, prompts, max_prompt_tokens=max_prompt_tokens,
                                                    **settings)
         replies[name], scores[name] = scored_replies(reward_model, tokenizer, prompt_ids, reply_ids)
         if labeler is not None:
-            gold[name] = labeler.score(prompts, replies[name], [bool(r) and r[-1] in ends for r in reply_ids])
+            gold[name] = labeler.score(prompts, replies[name], ended(tokenizer, reply_ids))
     distinct, win_rate = load_metric("distinct_n"), load_metric("win_rate")
     result = {"win_rate": win_rate.compute(predictions=scores["ppo"], references=scores["sft"])["win_rate"]}
     if gold:

@@ -1,7 +1,6 @@
 """Preference pairs for the reward model: TRL-format files, or pairs built from real dialogs, where the real reply
 is chosen and a degraded or unrelated one rejected."""
 
-import itertools
 import logging
 import random
 from collections import Counter
@@ -9,6 +8,7 @@ from pathlib import Path
 
 from datasets import Dataset, concatenate_datasets
 
+from pipeline.comparisons import labelled_splits, ranked_pairs
 from pipeline.data import content_id, dialog_splits, prompt_reply_pairs, split_eval
 from pipeline.errors import PipelineError
 from pipeline.files import expand_paths, hub_dataset, read_records
@@ -171,14 +171,12 @@ def _add_judged_prompt(rows: dict, row: dict) -> str | None:
     problem = validate_messages(prompt, need_assistant=False)
     if problem:
         return problem
-    for (a, score_a), (b, score_b) in itertools.combinations(zip(replies, scores), 2):
-        if score_a != score_b and a.strip() != b.strip():
-            chosen, rejected = (a, b) if score_a > score_b else (b, a)
-            rows["id"].append(content_id(conversation_text(prompt)))
-            rows["prompt"].append(prompt)
-            rows["chosen"].append(_as_messages(chosen, "assistant"))
-            rows["rejected"].append(_as_messages(rejected, "assistant"))
-            rows["kind"].append("human")
+    for chosen, rejected, _ in ranked_pairs(replies, scores, 0.0, Counter()):
+        rows["id"].append(content_id(conversation_text(prompt)))
+        rows["prompt"].append(prompt)
+        rows["chosen"].append(_as_messages(chosen, "assistant"))
+        rows["rejected"].append(_as_messages(rejected, "assistant"))
+        rows["kind"].append("human")
     return None
 
 
@@ -230,8 +228,6 @@ def reward_pairs(recipe, data_args, reward_args, seed: int, dialogs=None, max_pa
     if data_args.preference_sources or reward_args.labeler == BUILT:
         return preference_splits(data_args, kinds, weights, turns, seed, max_pairs, reward_args.eval_pairs, dialogs,
                                  reward_args.built_per_preference)
-    from pipeline.comparisons import labelled_splits
-
     train, held_out, how = labelled_splits(Path(recipe.output_dir("comparisons")), reward_args.tie_margin)
     return with_built_pairs(train, held_out, how, data_args, kinds, weights, turns, seed, max_pairs,
                             reward_args.built_per_preference, dialogs)

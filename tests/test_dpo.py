@@ -14,7 +14,8 @@ DPO = {"max_steps": 10, "per_device_train_batch_size": 8, "learning_rate": 1.0e-
 
 def test_dpo_pushes_a_chat_model_with_held_out_preference_accuracy(smoke_run, tmp_path):
     seed_hub(smoke_run, tmp_path, "dpo")
-    recipe = write_recipe(tmp_path / "dpo.yaml", tmp_path, dpo=DPO)
+    # Built pairs, whose kinds a few steps learn; the labeler's comparisons reach DPO in the chain test below.
+    recipe = write_recipe(tmp_path / "dpo.yaml", tmp_path, dpo=DPO, reward={"labeler": "built"})
     result = launch("pipeline/dpo.py", recipe)
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "hub" / "dpo-dpo"
@@ -60,7 +61,7 @@ def test_bad_dpo_key_is_one_line_and_pushes_nothing(smoke_run, tmp_path):
             "DPOArguments/DPOConfig"]
     assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["typo-base", "typo-reward", "typo-sft",
                                                                     "typo-tokenizer"]
-    assert not (tmp_path / "runs").exists()
+    assert [p.name for p in (tmp_path / "runs" / "typo").iterdir()] == ["comparisons"], "only what seed_hub copied"
 
 
 @pytest.mark.slow
@@ -77,7 +78,10 @@ def test_run_adds_dpo_for_a_recipe_with_its_section_and_the_evaluation_compares_
     for row in report["sft_vs_dpo"].values():
         assert 0 <= row["dpo_win_rate"] <= 1 and "sft_specificity" in row and "specificity_gain_se" in row
     assert {"sft", "ppo", "dpo"} <= set(report["next_reply_ranking"]) and "dpo" in report["perplexity"]
-    assert "## DPO vs SFT" in (tmp_path / "runs" / "chain" / "eval" / "report.md").read_text()
+    markdown = (tmp_path / "runs" / "chain" / "eval" / "report.md").read_text()
+    assert "## DPO vs SFT" in markdown and "| greedy | DPO |" in markdown, "the labeler judges DPO too"
+    meta = json.loads((tmp_path / "hub" / "chain-dpo" / "minichatgpt.json").read_text())
+    assert set(meta["per_kind"]) == {"all", "labeler"}, "DPO trains on the labeler's comparisons, as the reward model"
     card = yaml.safe_load((tmp_path / "hub" / "chain-dpo" / "README.md").read_text().split("---\n")[1])
     results = card["model-index"][0]["results"]
     assert any(r.get("dataset", {}).get("name") == "held-out evaluation" for r in results)

@@ -11,6 +11,7 @@ from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
+from pipeline.common import trainer_defaults
 from pipeline.config import load_recipe
 from pipeline.errors import PipelineError
 from pipeline.guards import guard_flags
@@ -195,6 +196,7 @@ def test_seed_benchmark_reports_every_field(smoke_run, tmp_path):
                     dirs_exist_ok=True)
     for stage in ("sft", "reward"):
         (tmp_path / "hub" / f"smoke-{stage}").rename(tmp_path / "hub" / f"bench-{stage}")
+    shutil.copytree(smoke_run["runs"] / "smoke" / "comparisons", tmp_path / "runs" / "bench" / "comparisons")
     result = run_cli([ROOT / "bench" / "rlhf_seeds.py", "--recipe", recipe, "--seeds", "2", "--first_seed", "3",
                       "--prompts", "16", "--ranking_contexts", "8", "--algorithms", "ppo", "rloo", "grpo", "dpo",
                       "--json", tmp_path / "seeds.json"], timeout=1800)
@@ -251,7 +253,8 @@ def test_guards_need_a_sustained_change_not_one_noisy_log():
 
 def test_ppo_is_the_shipped_rl_algorithm_and_logs_the_labelers_gold_against_the_proxy(smoke_run):
     for name in ("quickstart", "chat-hour", "smoke"):
-        assert load_recipe(ROOT / "recipes" / f"{name}.yaml").parse("ppo")[0].algorithm == "ppo"
+        recipe = load_recipe(ROOT / "recipes" / f"{name}.yaml")
+        assert recipe.parse("ppo", defaults=trainer_defaults())[0].algorithm == "ppo"
     folder = smoke_run["hub"] / "smoke-ppo"
     meta = json.loads((folder / "minichatgpt.json").read_text())
     card = (folder / "README.md").read_text()

@@ -129,7 +129,8 @@ def test_sft_settings_benchmark_trains_each_variant_from_the_base_and_pairs_it_w
 def test_reward_settings_benchmark_trains_each_variant_from_the_sft_model_on_the_same_held_out_pairs(smoke_run,
                                                                                                      tmp_path):
     seed_hub(smoke_run, tmp_path, "rmbench", "tokenizer", "base", "sft")
-    recipe = write_recipe(tmp_path / "rmbench.yaml", tmp_path, reward={"max_steps": 4, "eval_pairs": 40})
+    recipe = write_recipe(tmp_path / "rmbench.yaml", tmp_path, reward={"labeler": "built", "max_steps": 4,
+                                                                       "eval_pairs": 40})
     result = run_cli([ROOT / "bench" / "reward_settings.py", "--config", recipe, "--variants", "",
                       "--max_steps 2 --rejected_weights 4 1 1 1 1", "--json", tmp_path / "rm.json"], timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
