@@ -7,14 +7,13 @@ labeler's.
     python pipeline/app.py --label runs/quickstart/comparisons/train.jsonl --labels labels/quickstart.jsonl
 """
 
-import json
 import random
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.votes import append_vote
+from pipeline.votes import append_vote, read_appended_rows
 
 LABEL_MODES = ("rank", "score")
 SCORES = (1, 2, 3, 4, 5)
@@ -22,19 +21,8 @@ label_file_lock = threading.Lock()
 
 
 def read_labels(path: Path) -> dict[str, dict]:
-    """The labels file's rows by prompt id; unreadable lines (a write cut short by a crash) are left out, as
-    `read_votes` leaves them out of a vote file (which keeps arena votes only, so it cannot read these rows)."""
-    if not path.is_file():
-        return {}
-    labels = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("id"), str):
-            labels[row["id"]] = row
-    return labels
+    """The labels file's rows by prompt id; unreadable lines (a write cut short by a crash) are left out."""
+    return {row["id"]: row for row in read_appended_rows(path) if isinstance(row.get("id"), str)}
 
 
 def progress(comparisons: list[dict], labels: dict[str, dict]) -> str:

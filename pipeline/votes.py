@@ -54,19 +54,25 @@ def vote_row(round_: dict, vote: str) -> dict:
                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
-def read_votes(path: Path) -> list[dict]:
-    """The votes of a vote file; unreadable lines (a write cut short by a crash) are left out."""
+def read_appended_rows(path: Path) -> list[dict]:
+    """The JSON objects of a file `append_vote` writes; unreadable lines (a write cut short by a crash) are left out."""
     if not path.is_file():
         return []
-    votes = []
+    rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and row.get("vote") in VOTES and "model_a" in row and "model_b" in row:
-            votes.append(row)
-    return votes
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_votes(path: Path) -> list[dict]:
+    """The votes of a vote file; unreadable lines (a write cut short by a crash) are left out."""
+    return [row for row in read_appended_rows(path)
+            if row.get("vote") in VOTES and "model_a" in row and "model_b" in row]
 
 
 def tally_table(votes: list[dict]) -> str:
