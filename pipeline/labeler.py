@@ -117,22 +117,33 @@ class EmbeddingLabeler:
         if len(reference_conversations) < 2:
             raise PipelineError("the labeler needs at least 2 reference conversations to compare a reply against")
         self.embedder, self.name = embedder, name
-        self.reference = self._embed([conversation_text(c) for c in reference_conversations])
+        # The RL stage and the evaluation judge the same held-out conversations again and again.
+        self.conversation_vectors = {}
+        self.reference = self.conversations([conversation_text(c) for c in reference_conversations])
 
-    def _embed(self, texts: list[str]):
+    def _embed(self, texts: list[str], batch_size: int):
         import torch
 
         with torch.no_grad(), _autocast():
-            vectors = self.embedder.encode(texts, batch_size=64, convert_to_tensor=True, normalize_embeddings=True)
+            vectors = self.embedder.encode(texts, batch_size=batch_size, convert_to_tensor=True,
+                                           normalize_embeddings=True)
         return vectors.float().cpu()
 
+    def conversations(self, texts: list[str]):
+        """The conversations' vectors, each embedded once. Small batches: a batch pads to its longest conversation,
+        and a few run to the embedder's 384 tokens (docs/results.md, "The labeler's cost")."""
+        import torch
+
+        missing = [t for t in dict.fromkeys(texts) if t not in self.conversation_vectors]
+        if missing:
+            self.conversation_vectors.update(zip(missing, self._embed(missing, batch_size=16)))
+        return torch.stack([self.conversation_vectors[t] for t in texts])
+
     def fits(self, conversations: list[list[dict]], replies: list[str]) -> list[float]:
-        reply_vectors = self._embed(replies)
-        unique = list(dict.fromkeys(conversation_text(c) for c in conversations))
-        context_vectors = dict(zip(unique, self._embed(unique)))
-        own = [float(r @ context_vectors[conversation_text(c)]) for r, c in zip(reply_vectors, conversations)]
-        others = (reply_vectors @ self.reference.T).mean(dim=1).tolist()
-        return [a - b for a, b in zip(own, others)]
+        reply_vectors = self._embed(replies, batch_size=64)
+        own = (reply_vectors * self.conversations([conversation_text(c) for c in conversations])).sum(dim=1)
+        others = (reply_vectors @ self.reference.T).mean(dim=1)
+        return (own - others).tolist()
 
     def score(self, conversations: list[list[dict]], replies: list[str], finished: list[bool]) -> list[float]:
         return apply_rules(self.fits(conversations, replies), conversations, replies, finished)

@@ -66,6 +66,8 @@ def test_an_embedding_labeler_from_config_scores_fit_and_applies_the_rules():
                                                                     for c in CONVERSATIONS)], normalize_embeddings=True)
     own, others = vectors[0] @ vectors[2], (vectors[1:] @ vectors[0]).mean()
     assert fit == pytest.approx(float(own - others), abs=1e-4)
+    # Each conversation is embedded once, whichever call met it first (the reference set here).
+    assert len(labeler.conversation_vectors) == len(CONVERSATIONS)
 
 
 def test_a_sequence_classification_reward_model_is_a_labeler_too():
