@@ -5,6 +5,7 @@ prints the numbers per seed and as mean ± std, so that a gain over SFT can be t
     python bench/rlhf_seeds.py                                                # after the quickstart run
     python bench/rlhf_seeds.py --recipe recipes/smoke.yaml --seeds 2 --algorithms rloo --json seeds.json
     python bench/rlhf_seeds.py --algorithms rloo grpo dpo --first_seed 4       # seeds 4, 5, 6
+    python bench/rlhf_seeds.py --algorithms ppo --seeds 1 --overrides "--missing_eos_penalty 0"
 
 Each run is `pipeline/ppo.py --seed S --algorithm A` (for dpo: `pipeline/dpo.py --seed S`, its `dpo:` section or
 DPOConfig's defaults) on a copy of the recipe whose run_name is {run}-{A}-s{S} and whose hub is
@@ -22,6 +23,7 @@ import argparse
 import copy
 import json
 import math
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -45,14 +47,14 @@ FIELDS = ("gold_win_rate", "gold_win_rate_sample", "win_rate", "recall_at_1", "s
           "final_kl")
 
 
-def run_policy_stage(recipe, work: Path, algorithm: str, seed: int) -> tuple[str, str]:
-    """Train one policy from the run's SFT and reward models; returns its run name and the stage whose hub folder
-    holds it."""
+def run_policy_stage(recipe, work: Path, algorithm: str, seed: int, overrides: list[str]) -> tuple[str, str]:
+    """Train one policy from the run's SFT and reward models (the stage's settings `overrides` on top of the
+    recipe's); returns its run name and the stage whose hub folder holds it."""
     name = f"{recipe.run_name}-{algorithm}-s{seed}"
     path = variant_recipe(recipe, work, name, linked_stages=("sft", "reward"), copied_outputs=("comparisons",))
     stage = "dpo" if algorithm == "dpo" else "ppo"
-    run_stage_script(stage, path, ["--seed", str(seed), *(["--algorithm", algorithm] if stage == "ppo" else [])],
-                     f"{algorithm} seed {seed}")
+    run_stage_script(stage, path, ["--seed", str(seed), *(["--algorithm", algorithm] if stage == "ppo" else []),
+                                   *overrides], f"{algorithm} seed {seed}")
     return name, stage
 
 
@@ -161,6 +163,8 @@ def main():
                              "error of a specificity gain is about 0.01; on its first 200, about 0.04)")
     parser.add_argument("--ranking_contexts", type=int, default=200, help="held-out contexts for next-reply recall@1")
     parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--overrides", default="",
+                        help="the stage's settings over the recipe's, as on its command line: \"--kl_coef 0.1\"")
     args = parser.parse_args()
     try:
         recipe = load_recipe(args.recipe)
@@ -171,7 +175,7 @@ def main():
         for algorithm in args.algorithms:
             rows = []
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                name, stage = run_policy_stage(recipe, work, algorithm, seed)
+                name, stage = run_policy_stage(recipe, work, algorithm, seed, shlex.split(args.overrides))
                 rows.append({"seed": seed, **evaluator.evaluate(work / "hub" / f"{name}-{stage}")})
                 print(f"{algorithm} seed {seed}: " + ", ".join(f"{k}={rows[-1][k]}" for k in FIELDS), flush=True)
             mean, std = summary(rows)
