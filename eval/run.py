@@ -21,7 +21,7 @@ from eval.report import render_markdown, write_plots
 from eval.stats import standard_error
 from pipeline.chat import decoding_config, mmi_rerank
 from pipeline.chat_format import END_OF_TURN
-from pipeline.common import load_model, load_tokenizer, run_stage, trainer_defaults
+from pipeline.common import load_model, load_tokenizer, revision_folder, run_stage, trainer_defaults
 from pipeline.data import load_dialogs, sample_pairs, split_eval, text_splits
 from pipeline.generation import (
     ended,
@@ -169,10 +169,11 @@ def main(recipe, overrides):
     data_args, args = recipe.parse_stage("eval", overrides)
     out = Path(recipe.output_dir("eval"))
     out.mkdir(parents=True, exist_ok=True)
-    paths = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo", "dpo")
+    names = {stage: recipe.hub_path(stage) for stage in ("pretrain", "sft", "reward", "ppo", "dpo")
              if stage != "dpo" or recipe.hub_path(stage).is_dir()}
+    paths = {stage: revision_folder(name) for stage, name in names.items()}
     policies = [stage for stage in POLICIES if stage in paths]
-    report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in paths.items()},
+    report = {"run": recipe.run_name, "recipe": str(recipe.path), "models": {k: str(v) for k, v in names.items()},
               "library_versions": library_versions(),
               "rl_algorithm": read_metadata(paths["ppo"]).get("algorithm", "ppo")}
 

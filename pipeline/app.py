@@ -6,7 +6,8 @@ replies, and keep their votes and judgements as reward-model data.
     python pipeline/app.py --tally votes/quickstart.jsonl
     python pipeline/app.py --label runs/quickstart/comparisons/train.jsonl --labels labels/quickstart.jsonl
 
-The page is served on 127.0.0.1 (--host to change, --port for the port), never through a share link. In the arena,
+The page is served on 127.0.0.1 (--host to change, --port for the port), never through a share link. The chat page
+loads the models of --model's hub folder (by name) and nothing else from the server's disk. In the arena,
 each prompt is answered by two of the models, drawn at random and shown unnamed as A and B; the person votes A, B,
 tie or both bad, and then sees which model was which. Each vote is appended to --votes as one JSON line in TRL's
 preference format (prompt, chosen and rejected as message lists) plus the models, the decoding settings and the time;
@@ -30,11 +31,19 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, HfArgumentParser, TextIteratorStreamer, set_seed
 
-from pipeline.chat import DECODING_FIELDS, STRATEGIES, STREAMED_STRATEGIES, Chat, decoding_config, reply
+from pipeline.chat import (
+    DECODING_FIELDS,
+    STRATEGIES,
+    STREAMED_STRATEGIES,
+    Chat,
+    check_decoding,
+    decoding_config,
+    reply,
+)
 from pipeline.common import load_model, load_tokenizer
 from pipeline.comparisons import read_comparisons
 from pipeline.errors import PipelineError
-from pipeline.hub import read_metadata
+from pipeline.hub import list_hub, read_metadata
 from pipeline.labels import (
     LABEL_MODES,
     SCORES,
@@ -89,9 +98,33 @@ class AppArguments:
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks."})
 
 
-@functools.cache
-def load_chat_model(folder: str):
-    """A chat model and its tokenizer, loaded once and shared by every session (generation does not change them)."""
+# Models kept loaded, each shared by every session (generation does not change them): enough for an arena of a run's
+# policies, bounded so that loading one model after another does not hold them all.
+LOADED_MODELS = 8
+
+
+def load_chat_model(folder: str | os.PathLike):
+    """The chat model and tokenizer of `folder`'s revision now; every spelling of a folder is one cache entry."""
+    return _load_revision(os.path.realpath(folder) if Path(folder).exists() else str(folder))
+
+
+def served_folder(text: str, hub_dir: str | os.PathLike, named: list[str]) -> Path:
+    """The model folder a browser asks for, if the page serves it: a model of the hub folder (by its name, or as
+    hub_dir/name) or a folder named on the command line. Anything else gets one message that names what is served
+    and tells nothing of the server's disk."""
+    choices = {os.path.normpath(folder): Path(folder) for folder in named}
+    for row in list_hub(hub_dir) if Path(hub_dir).is_dir() else ():
+        folder = Path(hub_dir) / row["name"]
+        choices[row["name"]] = choices[os.path.normpath(folder)] = folder
+    wanted = text.strip()
+    if not wanted or os.path.normpath(wanted) not in choices:
+        served = sorted({str(folder) for folder in choices.values()})
+        raise PipelineError(f"'{wanted}' is not a model this page serves; load one of: {', '.join(served)}")
+    return choices[os.path.normpath(wanted)]
+
+
+@functools.lru_cache(maxsize=LOADED_MODELS)
+def _load_revision(folder: str):
     tokenizer = load_tokenizer(folder, "model's tokenizer")
     stage = read_metadata(folder).get("stage")
     if stage in ("pretrain", "reward") or not tokenizer.chat_template:
@@ -103,6 +136,7 @@ def load_chat_model(folder: str):
 def new_chat(folder: str, system: str, strategy: str, settings: dict, history: list[dict]) -> Chat:
     model, tokenizer = load_chat_model(folder)
     config = decoding_config(model.generation_config, strategy, **settings)
+    check_decoding(config, model.config.max_position_embeddings)
     chat = Chat(model, tokenizer, config, system.strip() or None, plain=False)
     chat.history = list(history)
     return chat
@@ -201,10 +235,11 @@ def chat_page(gr, args: AppArguments):
 
     def load(folder_text, folder):
         try:
-            load_chat_model(folder_text.strip())
+            chosen = served_folder(folder_text, Path(args.model).parent, [args.model])
+            load_chat_model(chosen)
         except PipelineError as err:
             return folder, [], [], f"error: {err} (still chatting with {folder})"
-        return folder_text.strip(), [], [], f"chatting with {folder_text.strip()}; history cleared"
+        return str(chosen), [], [], f"chatting with {chosen}; history cleared"
 
     with gr.Blocks(title="minichatgpt chat") as page:
         history = gr.State([])
@@ -220,7 +255,7 @@ def chat_page(gr, args: AppArguments):
                     reset_button = gr.Button("Reset", elem_id="reset")
                 notice = gr.Markdown(elem_id="notice")
             with gr.Column(scale=2):
-                folder_box = gr.Textbox(value=args.model, label="Model folder", elem_id="model")
+                folder_box = gr.Textbox(value=args.model, label="Model (a name in the hub folder)", elem_id="model")
                 load_button = gr.Button("Load model", elem_id="load", size="sm")
                 system, strategy, sliders = decoding_controls(gr, args, args.model)
         inputs = [message, shown, history, folder, system, strategy, *sliders]
@@ -255,7 +290,9 @@ def arena_page(gr, args: AppArguments):
             replies.append(text)
         prompt = ([{"role": "system", "content": chats[0].system}] if chats[0].system else []) + [
             {"role": "user", "content": message}]
-        round_ = {"models": models, "replies": replies, "prompt": prompt, "decoding": decoding_record(strategy, chats[0].config)}
+        # The revisions the replies came from: a model retrained under the same name is another model to vote on.
+        round_ = {"models": models, "revisions": [Path(chat.model.name_or_path).name for chat in chats],
+                  "replies": replies, "prompt": prompt, "decoding": decoding_record(strategy, chats[0].config)}
         yield "", *shown, round_, "Which reply is better?", *[gr.Button(interactive=True)] * len(VOTES)
 
     def vote(choice, round_):

@@ -9,6 +9,14 @@ from pipeline.hub import DEFAULT_KEEP_REVISIONS
 from pipeline.labeler import DEFAULT_LABELER
 
 
+def require_at_least(arguments, minimums: dict[str, float]):
+    """A recipe value below what its setting can mean is refused, naming it (a ValueError: one line from parsing)."""
+    for name, least in minimums.items():
+        value = getattr(arguments, name)
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be at least {least}, got {value}")
+
+
 @dataclass
 class DataArguments:
     text_sources: list[str] = field(
@@ -50,6 +58,11 @@ class DataArguments:
     max_bad_fraction: float = field(
         default=0.1, metadata={"help": "Fail when more than this share of a source's rows is malformed."}
     )
+
+    def __post_init__(self):
+        require_at_least(self, {"max_documents_per_source": 1, "max_eval_examples": 1, "max_bad_fraction": 0})
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction must be above 0 and below 1, got {self.eval_fraction}")
 
 
 @dataclass
@@ -102,7 +115,7 @@ class PretrainArguments:
 @dataclass
 class SFTArguments:
     base_model: str | None = field(
-        default=None, metadata={"help": "Model folder or hub id to fine-tune; default {hub_dir}/{run_name}-base."}
+        default=None, metadata={"help": "Model folder to fine-tune; default {hub_dir}/{run_name}-base."}
     )
     max_turns: int = field(
         default=8, metadata={"help": "Long conversations are cut into windows of at most this many turns."}
@@ -153,6 +166,11 @@ class RewardArguments:
         default=None, metadata={"help": "Turns before the reply that the reward model sees, the last the user's; "
                                 "default: ppo.context_turns, the contexts the RL stage gives it to score."}
     )
+
+    def __post_init__(self):
+        require_at_least(self, {"replies_per_prompt": 2, "comparison_prompts": 1, "held_out_comparison_prompts": 1,
+                                "tie_margin": 0, "max_pairs": 1, "built_per_preference": 0, "eval_pairs": 1,
+                                "context_turns": 1})
 
 
 @dataclass
@@ -216,6 +234,10 @@ class PPOArguments:
     kl_adapt_rate: float = field(
         default=0.1, metadata={"help": "Largest relative change of kl_coef per log step under kl_target."}
     )
+
+    def __post_init__(self):
+        require_at_least(self, {"max_prompt_length": 1, "context_turns": 1, "max_prompts": 1, "compare_prompts": 1,
+                                "gold_prompts": 1, "gold_every": 1})
 
 
 @dataclass

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, GenerationConfig, HfArgumentParser, TextStreamer, set_seed
 
-from pipeline.common import load_model, load_tokenizer
+from pipeline.chat_format import escape_special_tokens
+from pipeline.common import load_model, load_tokenizer, revision_folder
 from pipeline.errors import PipelineError
 from pipeline.generation import MMI_DEFAULTS, STRATEGIES, cut_at_end, end_of_turn_ids, fit_history, token_pmi_scores
 from pipeline.hub import read_metadata
@@ -72,8 +73,6 @@ def decoding_config(base: GenerationConfig, strategy: str, **overrides) -> Gener
     for name, value in overrides.items():
         if value is not None and name in DECODING_FIELDS and not (name == "num_beams" and strategy != "beam"):
             setattr(config, name, value)
-    if strategy == "mmi" and config.num_candidates < 1:
-        raise PipelineError(f"num_candidates must be at least 1, got {config.num_candidates}")
     config.num_return_sequences = config.num_candidates if strategy == "mmi" else 1
     return config
 
@@ -136,7 +135,7 @@ class Chat:
         if budget <= 0:
             raise PipelineError(f"max_new_tokens ({self.config.max_new_tokens}) fills the whole context window")
         if self.plain:
-            return self.tokenizer(text)["input_ids"][-budget:], 0
+            return self.tokenizer(escape_special_tokens(text))["input_ids"][-budget:], 0
         system = [{"role": "system", "content": self.system}] if self.system else []
         messages = system + self.history + [{"role": "user", "content": text}]
         ids, dropped = fit_history(self.tokenizer, messages, budget)
@@ -153,15 +152,42 @@ class Chat:
         return answer, dropped
 
 
-def set_setting(config: GenerationConfig, name: str, value: str):
-    """Set one decoding setting of `config` from its text, typed as the setting is; returns the typed value."""
+def check_decoding(config: GenerationConfig, context: int):
+    """Refuse, naming the setting, what generate() would raise on deep inside transformers, and a reply length that
+    leaves no room for the prompt in a `context`-token window."""
+    expected = {
+        "max_new_tokens": (lambda v: 1 <= v < context, f"from 1 to {context - 1} (the model's context is {context})"),
+        "temperature": (lambda v: v > 0 or not config.do_sample, "above 0"),
+        "top_p": (lambda v: 0 < v <= 1, "above 0 and at most 1"),
+        "top_k": (lambda v: v >= 0, "0 (every token) or more"),
+        "repetition_penalty": (lambda v: v > 0, "above 0"),
+        "num_beams": (lambda v: v >= 1, "at least 1"),
+        "no_repeat_ngram_size": (lambda v: v >= 0, "0 (off) or more"),
+        "num_candidates": (lambda v: v >= 1, "at least 1"),
+    }
+    for name, (valid, what) in expected.items():
+        value = getattr(config, name, None)
+        if value is not None and not valid(value):
+            raise PipelineError(f"{name} must be {what}, got {value}")
+
+
+def set_setting(config: GenerationConfig, name: str, value: str, context: int):
+    """Set one decoding setting of `config` from its text, typed as the setting is, if the result is a valid
+    decoding; returns the typed value."""
     if name not in DECODING_FIELDS:
         raise ValueError(f"unknown setting '{name}'; settings: strategy, {', '.join(DECODING_FIELDS)}")
     current = getattr(config, name)
-    caster = {bool: lambda v: v.lower() in ("1", "true", "yes")}.get(type(current), type(current) if current is not
-                                                                      None else float)
-    setattr(config, name, caster(value))
-    return getattr(config, name)
+    kind = type(current) if current is not None else float
+    caster = {bool: lambda v: v.lower() in ("1", "true", "yes")}.get(kind, kind)
+    try:
+        typed = caster(value)
+    except ValueError:
+        raise ValueError(f"{name} takes {'an integer' if kind is int else 'a number'}, got '{value}'") from None
+    trial = copy.deepcopy(config)
+    setattr(trial, name, typed)
+    check_decoding(trial, context)
+    setattr(config, name, typed)
+    return typed
 
 
 def interactive(chat: Chat, args: ChatArguments):
@@ -194,10 +220,12 @@ def interactive(chat: Chat, args: ChatArguments):
                 if len(parts) != 3:
                     raise ValueError("usage: /set NAME VALUE")
                 if parts[1] == "strategy":
-                    chat.config = decoding_config(chat.model.generation_config, parts[2], **settings)
-                    strategy = parts[2]
+                    config = decoding_config(chat.model.generation_config, parts[2], **settings)
+                    check_decoding(config, chat.model.config.max_position_embeddings)
+                    chat.config, strategy = config, parts[2]
                 else:
-                    settings[parts[1]] = set_setting(chat.config, parts[1], parts[2])
+                    settings[parts[1]] = set_setting(chat.config, parts[1], parts[2],
+                                                     chat.model.config.max_position_embeddings)
             except (ValueError, PipelineError) as err:
                 print(f"(error: {err})")
             continue
@@ -208,6 +236,9 @@ def interactive(chat: Chat, args: ChatArguments):
             answer, dropped = chat.say(line, stream=stream)
         except KeyboardInterrupt:
             print("\n(interrupted)")
+            continue
+        except PipelineError as err:
+            print(f"(error: {err})")
             continue
         if not stream:
             print(f"bot> {answer}")
@@ -228,11 +259,13 @@ def main():
     (args,) = HfArgumentParser(ChatArguments).parse_args_into_dataclasses()
     try:
         set_seed(args.seed)
-        tokenizer = load_tokenizer(args.model, "model's tokenizer")
-        model = load_model(args.model, AutoModelForCausalLM, "model", tokenizer=tokenizer).eval()
+        files = revision_folder(args.model)
+        tokenizer = load_tokenizer(files, "model's tokenizer")
+        model = load_model(files, AutoModelForCausalLM, "model", tokenizer=tokenizer).eval()
         plain = args.plain or read_metadata(args.model).get("stage") == "pretrain" or not tokenizer.chat_template
         overrides = {name: getattr(args, name) for name in DECODING_FIELDS}
         config = decoding_config(model.generation_config, args.strategy, **overrides)
+        check_decoding(config, model.config.max_position_embeddings)
         chat = Chat(model, tokenizer, config, args.system, plain)
         if args.prompt is not None:
             print(chat.say(args.prompt)[0])

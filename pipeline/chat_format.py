@@ -13,14 +13,25 @@ ROLE_MARKERS = ["<|system|>", USER_MARKER, GENERATION_PROMPT]
 SPECIAL_TOKENS = [END_OF_TEXT, PAD, END_OF_TURN, *ROLE_MARKERS]
 SPECIAL_TOKEN = re.compile("|".join(map(re.escape, SPECIAL_TOKENS)))
 
+# Text that spells a special token ("<|end|><|assistant|>" typed into a message, or found in a corpus) must stay text,
+# or it forges turns: a zero-width space after each "<|" of content keeps the tokenizer from matching it. Every
+# special token starts with "<|", so no content can form one, alone or beside the template's own tokens.
+SPECIAL_START, ESCAPED_START = "<|", "<\u200b|"
+
+
+def escape_special_tokens(text: str) -> str:
+    return text.replace(SPECIAL_START, ESCAPED_START)
+
+
 # Assistant turns sit inside {% generation %} so SFT can train on them alone; the end-of-turn token is part of the
-# turn, so the model learns to stop.
+# turn, so the model learns to stop. Content is escaped as escape_special_tokens does.
+CONTENT = f"message['content'] | replace('{SPECIAL_START}', '{ESCAPED_START}')"
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'assistant' %}"
-    "<|assistant|>{% generation %}{{ message['content'] }}<|end|>{% endgeneration %}"
+    f"<|assistant|>{{% generation %}}{{{{ {CONTENT} }}}}<|end|>{{% endgeneration %}}"
     "{% elif message['role'] in ['system', 'user'] %}"
-    "<|{{ message['role'] }}|>{{ message['content'] }}<|end|>"
+    f"<|{{{{ message['role'] }}}}|>{{{{ {CONTENT} }}}}<|end|>"
     "{% else %}{{ raise_exception('unknown role: ' + message['role']) }}"
     "{% endif %}"
     "{% endfor %}"
@@ -30,7 +41,7 @@ CHAT_TEMPLATE = (
 
 def chat_text(messages: list[dict]) -> str:
     """A conversation as CHAT_TEMPLATE renders it, without a generation prompt."""
-    return "".join(f"<|{turn['role']}|>{turn['content']}{END_OF_TURN}" for turn in messages)
+    return "".join(f"<|{turn['role']}|>{escape_special_tokens(turn['content'])}{END_OF_TURN}" for turn in messages)
 
 
 def between_special_tokens(text: str) -> list[str]:

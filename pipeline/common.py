@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def use_cpu_cores():
         processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         threads = int(os.environ.get("MINICHATGPT_CPU_THREADS", "0"))  # to run jobs side by side without oversubscribing
         torch.set_num_threads(threads or max(1, (psutil.cpu_count(logical=False) or 1) // processes))
+
+
+def revision_folder(path: str | os.PathLike) -> str | os.PathLike:
+    """The revision a hub name's link points at now (other paths as they are): every file of one model is loaded from
+    it, so that a push meanwhile cannot pair one revision's tokenizer or config with another's weights."""
+    return Path(os.path.realpath(path)) if Path(path).is_symlink() else path
 
 
 def require_model_folder(path: str | os.PathLike, what: str) -> Path:
@@ -193,24 +200,49 @@ def last_logged(log_history: list[dict], key: str, default: float | None = None)
     return values[-1] if values else default
 
 
-def last_checkpoint(output_dir: str) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_folders(output_dir: str) -> tuple[str | None, list[str]]:
+    """The newest complete checkpoint in `output_dir` (or None), and the newer ones a kill or a full disk cut short
+    while saving: the Trainer writes trainer_state.json last, so a checkpoint without a readable one is incomplete."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    return get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    folder = Path(output_dir)
+    steps = {}
+    for path in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else ():
+        step = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if step.isdigit() and path.is_dir():
+            steps[int(step)] = path
+    incomplete = []
+    for step in sorted(steps, reverse=True):
+        try:
+            json.loads((steps[step] / "trainer_state.json").read_text(encoding="utf-8"))
+            return str(steps[step]), incomplete
+        except (OSError, ValueError):
+            incomplete.append(str(steps[step]))
+    return None, incomplete
+
+
+def last_checkpoint(output_dir: str) -> str | None:
+    return checkpoint_folders(output_dir)[0]
 
 
 # Beside a stage's checkpoints: the recipe fingerprint (`Recipe.fingerprint`) of the run that made them.
 CHECKPOINT_FINGERPRINT_FILE = "minichatgpt-fingerprint.json"
 
 
-def stale_checkpoints(output_dir: str | os.PathLike, fingerprint: str) -> str | None:
+def stale_checkpoints(output_dir: str | os.PathLike, fingerprint: str, inputs_created: str = "") -> str | None:
     """Why the checkpoints in `output_dir` must not be resumed by a run with `fingerprint`, naming the settings that
-    differ; None when there are none or they were made with the same settings."""
+    differ, or because they were started before `inputs_created` (the ISO time the newest model they build on was
+    pushed); None when there are none or they were made with the same settings from the same inputs."""
+    from datetime import datetime, timezone
+
     if last_checkpoint(str(output_dir)) is None:
         return None
     recorded = Path(output_dir) / CHECKPOINT_FINGERPRINT_FILE
     if not recorded.is_file():
         return "its checkpoints do not record the settings they were made with"
+    started = datetime.fromtimestamp(recorded.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    if started < inputs_created:
+        return f"its checkpoints were started ({started}) before a model it builds on was pushed ({inputs_created})"
     changed = changed_settings(recorded.read_text(encoding="utf-8"), fingerprint)
     return f"its checkpoints were made with other settings ({changed})" if changed else None
 
@@ -235,14 +267,18 @@ def changed_settings(recorded: str, current: str, shown: int = 3) -> str:
 
 def resume_checkpoint(training_args, fingerprint: str) -> str | None:
     """The last checkpoint of `training_args.output_dir` to resume from, or None to start fresh; refuses checkpoints
-    made with other settings, which would be finished under these settings and stamped with their fingerprint.
-    A fresh start records `fingerprint` beside the checkpoints it will write."""
+    made with other settings, which would be finished under these settings and stamped with their fingerprint, and
+    removes newer checkpoints that were cut short while saving. A fresh start records `fingerprint` beside the checkpoints it will write."""
     output_dir = Path(training_args.output_dir)
     stale = stale_checkpoints(output_dir, fingerprint)
     if stale:
         raise PipelineError(f"{output_dir}: {stale}; delete that folder to start this stage fresh, or undo the "
                             "change to resume")
-    checkpoint = last_checkpoint(str(output_dir))
+    checkpoint, incomplete = checkpoint_folders(str(output_dir))
+    for folder in incomplete:
+        if training_args.should_save:
+            shutil.rmtree(folder, ignore_errors=True)
+        print(f"{folder} removed: cut short while saving (no readable trainer_state.json)")
     if checkpoint:
         print(f"resuming from {checkpoint}")
     elif training_args.should_save:

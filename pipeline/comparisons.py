@@ -77,7 +77,7 @@ def collect_comparisons(recipe, data_args, stage_args, seed: int, dialogs) -> st
     already from the same weights and settings; returns what was done."""
     from transformers import AutoModelForCausalLM, set_seed
 
-    from pipeline.common import load_model, load_tokenizer, trainer_defaults
+    from pipeline.common import load_model, load_tokenizer, revision_folder, trainer_defaults
     from pipeline.labeler import load_labeler, reference_conversations
 
     folder, sft_path = Path(recipe.output_dir("comparisons")), recipe.hub_path("sft")
@@ -91,9 +91,10 @@ def collect_comparisons(recipe, data_args, stage_args, seed: int, dialogs) -> st
     if collected(folder, settings):
         return f"comparisons reused from {folder}"
     start = time.time()
-    tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
+    sft_files = revision_folder(sft_path)
+    tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
     tokenizer.padding_side = "left"
-    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)
+    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)
     config = copy.deepcopy(policy.generation_config)
     config.max_new_tokens = ppo_config.response_length
     labeler = load_labeler(stage_args.labeler, reference_conversations(dialogs[0]["messages"], turns,

@@ -28,11 +28,19 @@ from pipeline.arguments import (
     TokenizerArguments,
 )
 from pipeline.errors import PipelineError
-from pipeline.hub import check_keep_revisions, check_name, hub_path
+from pipeline.hub import check_keep_revisions, check_name, hub_path, read_metadata
 
 # dpo runs only for a recipe with a `dpo:` section (Recipe.stages); it needs the SFT model and the reward stage's
 # pair settings, not the RL stage.
 STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
+# The hub models each stage (and the evaluation) reads, whose held-out split must be its own.
+BUILDS_ON = {"pretrain": ("tokenizer",), "sft": ("pretrain",), "reward": ("sft",), "ppo": ("sft", "reward"),
+             "dpo": ("sft",), "eval": ("pretrain", "sft", "reward", "ppo")}
+
+
+def split_settings(data_args) -> dict:
+    """What decides which documents and conversations are held out (recorded in every model a stage pushes)."""
+    return {"split_seed": data_args.split_seed, "eval_fraction": data_args.eval_fraction}
 OPTIONAL_STAGES = ("dpo",)
 
 def _ppo_config_class():
@@ -159,9 +167,19 @@ class Recipe:
         return {"bf16": self.run.precision == "bf16", "fp16": False}
 
     def parse_stage(self, section: str, overrides: list[str], defaults: dict | None = None):
-        """The data arguments and the section's dataclasses; command-line flags of data fields go to the data."""
+        """The data arguments and the section's dataclasses; command-line flags of data fields go to the data. A
+        hub model the stage builds on that was made with another held-out split is refused: the stage would train
+        on what that model held out, or hold out what it trained on."""
         data_argv, section_argv = _split_argv(overrides, _known_keys("data"))
-        return (*self.parse("data", data_argv), *self.parse(section, section_argv, defaults))
+        (data_args,) = self.parse("data", data_argv)
+        split = split_settings(data_args)
+        for stage in BUILDS_ON.get(section, ()):
+            made_with = read_metadata(self.hub_path(stage)).get("data_split")
+            if made_with and made_with != split:
+                raise PipelineError(
+                    f"{self.hub_path(stage)}: made with the held-out split {made_with}, where this {section} run has "
+                    f"{split}; run it with the same data.split_seed and data.eval_fraction, or redo {stage} first")
+        return (data_args, *self.parse(section, section_argv, defaults))
 
     def reward_context_turns(self, reward_args: RewardArguments) -> int:
         """The turns before a reply that the reward model sees: its own setting, else those of the RL stage's
@@ -174,6 +192,10 @@ class Recipe:
         """What a stage's result depends on: its own section, the shared ones and the command-line overrides it ran
         with (used to skip finished stages)."""
         shared = {k: self.sections.get(k) for k in ("data", "model", "tokenizer")} | {"precision": self.run.precision}
+        if stage not in ("reward", "dpo") and "preference_sources" in (shared["data"] or {}):
+            # Only the stages that learn from preferences read them: naming votes redoes the reward model and what
+            # follows it, not the tokenizer, pretraining and SFT.
+            shared["data"] = {k: v for k, v in shared["data"].items() if k != "preference_sources"}
         if stage in ("reward", "dpo"):
             # The reward stage's pairs are made from its section, the contexts it scores and, for the labeler's
             # comparisons, replies as long as the RL stage's; DPO trains on the same pairs.
@@ -245,9 +267,7 @@ def _check_values(recipe: Recipe):
         raise PipelineError(
             f"{recipe.path}: model.n_head ({shape.n_head}) must divide model.n_embd ({shape.n_embd})"
         )
-    (data,) = recipe.parse("data")
-    if not 0 < data.eval_fraction < 1:
-        raise PipelineError(f"{recipe.path}: data.eval_fraction must be between 0 and 1, got {data.eval_fraction}")
+    recipe.parse("data")
 
 
 def _suggest(key: str, candidates) -> str:

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 from datasets import Dataset
 
-from pipeline.chat_format import SPECIAL_TOKEN
+from pipeline.chat_format import ESCAPED_START, SPECIAL_START, SPECIAL_TOKEN
 from pipeline.errors import PipelineError
 from pipeline.sources import BadRows, conversation_text, dialog_conversations, text_documents
 
@@ -35,7 +35,8 @@ def normalised(text: str) -> str:
     """The text an id is made from: Unicode-normalised, case-folded, whitespace collapsed to single spaces, special
     tokens counted as whitespace, so that a conversation has one identity as dialog, as plain text and in the chat
     template (a `chat:` text source)."""
-    return " ".join(unicodedata.normalize("NFKC", SPECIAL_TOKEN.sub(" ", text)).casefold().split())
+    text = SPECIAL_TOKEN.sub(" ", text.replace(ESCAPED_START, SPECIAL_START))
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
 def content_id(text: str) -> str:
@@ -124,6 +125,27 @@ def load_dialogs(args, reports: list | None = None) -> Dataset:
 # ---------------------------------------------------------------- splits
 
 
+def held_out_mask(ids: list[str], args, also_held_out: list[bool] | None = None) -> list[bool]:
+    """Which rows are held out: a draw below data.eval_fraction, or marked in `also_held_out`; when none is, the
+    lowest draw (a dataset that small must still hold one out). The one rule every split and every check uses."""
+    draws = [held_out_draw(example_id, args.split_seed) for example_id in ids]
+    held = [draw < args.eval_fraction or bool(also_held_out and also_held_out[i]) for i, draw in enumerate(draws)]
+    if draws and not any(held):
+        held[min(range(len(draws)), key=draws.__getitem__)] = True
+    return held
+
+
+def within_conversations(prompts: list[list[dict]], conversations: list[list[dict]]) -> list[bool]:
+    """Whether each prompt's turns stand in one of the conversations, as whole words (a vote on a held-out
+    conversation's context, say); a prompt of fewer than three words is too short to tell where it came from."""
+    texts = f" {' | '.join(normalised(conversation_text(c)) for c in conversations)} "
+    found = []
+    for prompt in prompts:
+        text = normalised(conversation_text(prompt))
+        found.append(len(text.split(" ")) >= 3 and f" {text} " in texts)
+    return found
+
+
 def split_eval(dataset: Dataset, args, also_held_out: list[bool] | None = None) -> tuple[Dataset, Dataset]:
     """Training and held-out rows of a dataset with an `id` column, by each row's draw (`held_out_draw`): below
     data.eval_fraction, or marked in `also_held_out`, a row is held out. The held-out rows with the lowest draws, at
@@ -135,9 +157,7 @@ def split_eval(dataset: Dataset, args, also_held_out: list[bool] | None = None) 
                 "document per line)" if "text" in dataset.column_names else "")
         raise PipelineError(f"only {len(dataset)} example(s): need at least 2 to hold one out for evaluation{unit}")
     draws = [held_out_draw(example_id, args.split_seed) for example_id in dataset["id"]]
-    held = [draw < args.eval_fraction or bool(also_held_out and also_held_out[i]) for i, draw in enumerate(draws)]
-    if not any(held):
-        held[min(range(len(draws)), key=draws.__getitem__)] = True
+    held = held_out_mask(dataset["id"], args, also_held_out)
     if all(held):
         raise PipelineError(f"all {len(dataset)} examples are held out; lower data.eval_fraction "
                             f"({args.eval_fraction}) or add data")
@@ -160,8 +180,8 @@ def text_splits(args, reports: list | None = None, dialogs: Dataset | None = Non
     `dialogs` is the recipe's `load_dialogs` when the caller has loaded them already."""
     text = load_text(args, reports)
     dialogs = dialogs if dialogs is not None else load_dialogs(args)
-    draws = [held_out_draw(example_id, args.split_seed) for example_id in dialogs["id"]]
-    finder = ConversationFinder([dialogs[i]["messages"] for i, draw in enumerate(draws) if draw < args.eval_fraction])
+    held = held_out_mask(dialogs["id"], args)
+    finder = ConversationFinder([messages for messages, h in zip(dialogs["messages"], held) if h])
     containing = [finder.found_in(document) for document in text["text"]]
     if any(containing):
         logger.info(f"{sum(containing)} text documents hold a held-out conversation and are held out with it")

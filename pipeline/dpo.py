@@ -21,9 +21,11 @@ from pipeline.common import (
     metrics_table,
     plot_curves,
     precision_label,
+    revision_folder,
     run_stage,
     trainer_defaults,
 )
+from pipeline.config import split_settings
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.generation import chat_generation_config, generate_replies, reply_log_likelihoods
 from pipeline.guards import RLHFGuards
@@ -73,12 +75,13 @@ def main(recipe, overrides):
     reward_args, reward_config = recipe.parse("reward", defaults=trainer_defaults())
     sft_args = recipe.parse("sft", defaults=trainer_defaults())[0]
     set_seed(config.seed)
-    check_writable(recipe.run.hub_dir)
     sft_path = recipe.hub_path("sft")
-    tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
+    sft_files = revision_folder(sft_path)
+    tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
     attention = padded_attention(config.bf16)
-    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
-    reference = load_model(sft_path, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
+    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    reference = load_model(sft_files, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
+    check_writable(recipe.run.hub_dir, policy)
     context = policy.config.max_position_embeddings
     config.max_length = fit_context(recipe, "dpo", config.max_length, context)
 
@@ -176,6 +179,7 @@ reward margin rising while the replies lose diversity):
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "dpo", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
+                            "data_split": split_settings(data_args),
                             "seed": config.seed, "beta": config.beta, "loss_type": config.loss_type,
                             "metrics": metrics, "per_kind": report, "log_history": trainer.state.log_history,
                             "pairs": how, "guards": guards.record(),

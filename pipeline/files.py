@@ -56,6 +56,49 @@ def read_text_file(path: Path, encoding: str = "auto", auto_encoding: str = "utf
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+class CutShort(ValueError):
+    """A JSON line that ends before its object does, as a crash or a full disk leaves the last line of a file that is
+    appended to (arena votes, labels): a lost row, not a malformed one."""
+
+
+def json_line(line: bytes | str):
+    """One JSON Lines line as its value; CutShort when it stops mid-character or mid-object, ValueError when it is
+    not JSON."""
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if err.reason == "unexpected end of data":
+                raise CutShort("cut short mid-character") from None
+            raise ValueError(f"not valid UTF-8 (byte 0x{line[err.start]:02x} at offset {err.start})") from None
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as err:
+        ran_out = err.pos >= len(line.rstrip()) or err.msg.startswith("Unterminated string")
+        if ran_out and line.lstrip().startswith(("{", "[")):
+            raise CutShort(f"cut short ({err.msg})") from None
+        raise ValueError(f"not valid JSON ({err.msg})") from None
+
+
+def json_lines(path: Path, encoding: str = "auto") -> list[tuple[str, object]]:
+    """A JSON Lines file's values as (where, value); a line that cannot be read stands as its CutShort or ValueError.
+    UTF-8 is decoded line by line, so that one line cut mid-character spoils no other."""
+    if encoding in ("auto", "utf-8", "utf8"):
+        if not path.is_file():
+            raise PipelineError(f"{path}: file not found")
+        lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).replace(b"\r\n", b"\n").split(b"\n")
+    else:
+        lines = read_text_file(path, encoding).split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if line.strip():
+            try:
+                records.append((f"{path}:{number}", json_line(line)))
+            except ValueError as err:
+                records.append((f"{path}:{number}", err))
+    return records
+
+
 def expand_paths(location: str) -> list[Path]:
     path = Path(location)
     if path.is_dir():
@@ -78,15 +121,7 @@ def read_records(path: Path, encoding: str = "auto") -> list[tuple[str, object]]
     text as written (no guessed numbers or missing values)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(read_text_file(path, encoding).split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append((f"{path}:{number}", json.loads(line)))
-            except json.JSONDecodeError as err:
-                records.append((f"{path}:{number}", ValueError(f"not valid JSON ({err.msg})")))
-        return records
+        return json_lines(path, encoding)
     if suffix == ".json":
         try:
             data = json.loads(read_text_file(path, encoding))
@@ -98,6 +133,8 @@ def read_records(path: Path, encoding: str = "auto") -> list[tuple[str, object]]
             raise PipelineError(f"{path}: expected a JSON list of objects (or JSON Lines in a .jsonl file)")
         return [(f"{path}[{i}]", row) for i, row in enumerate(data)]
     if suffix == ".csv":
+        # A whole article in one cell is text like any other: no cap below what a string can hold.
+        csv.field_size_limit(2**31 - 1)
         reader = csv.DictReader(io.StringIO(read_text_file(path, encoding), newline=""))
         return [(f"{path}:{reader.line_num}", row) for row in reader]
     if suffix == ".parquet":

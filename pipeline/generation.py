@@ -1,7 +1,7 @@
 """Chat replies and what is measured on them: prompts rendered to fit the context window, replies generated with
 left padding and kept as generated, reward-model scores, and log-likelihoods and PMI of replies."""
 
-from pipeline.chat_format import END_OF_TEXT, END_OF_TURN
+from pipeline.chat_format import END_OF_TEXT, END_OF_TURN, escape_special_tokens
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
@@ -167,7 +167,7 @@ EMPTY_PROMPT = [{"role": "user", "content": ""}]
 
 def reply_token_ids(tokenizer, reply: str) -> list[int]:
     """Token ids of a reply as the chat template writes it after the generation prompt, end-of-turn included."""
-    return tokenizer(f"{reply}{END_OF_TURN}", add_special_tokens=False)["input_ids"]
+    return tokenizer(f"{escape_special_tokens(reply)}{END_OF_TURN}", add_special_tokens=False)["input_ids"]
 
 
 def reply_log_likelihoods(model, prompts: list[list[int]], replies: list[list[int]], batch_size: int = 32

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
+from safetensors import SafetensorError
 
 from pipeline.errors import PipelineError
 
@@ -43,8 +44,15 @@ def hub_path(hub_dir: str | os.PathLike, name: str) -> Path:
     return Path(hub_dir) / check_name(name)
 
 
-def check_writable(hub_dir: str | os.PathLike, min_free_bytes: int = 50 * 2**20):
-    """Fail before training when the hub cannot take a model."""
+# Beside the weights, what a push writes: tokenizer, card, plots, metadata.
+PUSH_OVERHEAD_BYTES = 50 * 2**20
+
+
+def check_writable(hub_dir: str | os.PathLike, model=None):
+    """Fail before training when the hub cannot take the model: not writable, or with less free space than its
+    weights and PUSH_OVERHEAD_BYTES."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
+    min_free_bytes = weights + PUSH_OVERHEAD_BYTES
     hub_dir = Path(hub_dir)
     try:
         hub_dir.mkdir(parents=True, exist_ok=True)
@@ -55,9 +63,9 @@ def check_writable(hub_dir: str | os.PathLike, min_free_bytes: int = 50 * 2**20)
         raise PipelineError(f"{hub_dir}: hub folder is not writable ({err.strerror}); pick another hub_dir") from None
     free = shutil.disk_usage(hub_dir).free
     if free < min_free_bytes:
-        raise PipelineError(
-            f"{hub_dir}: only {free / 2**20:.0f} MiB free on disk, need at least {min_free_bytes / 2**20:.0f} MiB"
-        )
+        raise PipelineError(f"{hub_dir}: only {free / 2**20:.1f} MiB free on disk, need at least "
+                            f"{min_free_bytes / 2**20:.1f} MiB (the model's weights and {PUSH_OVERHEAD_BYTES >> 20} MiB "
+                            "for the rest of a push); free some space or pick another hub_dir")
 
 
 def library_versions() -> dict[str, str]:
@@ -99,9 +107,15 @@ def push(
                                          encoding="utf-8")
         with _revision_lock(hub_dir, name):
             _publish(target, staging, keep_revisions)
-    except BaseException:
+    except BaseException as err:
         # Only a failed push: once published, the staging name is free and another thread may have claimed it.
         shutil.rmtree(staging, ignore_errors=True)
+        # A full disk or a broken filesystem: an OSError, or safetensors' own error when it writes the weights.
+        if isinstance(err, (OSError, SafetensorError)):
+            cause = getattr(err, "strerror", None) or str(err).removeprefix("Error while serializing: I/O error: ")
+            held = "still holds its previous model" if target.exists() else "was not created"
+            raise PipelineError(f"{hub_dir}: pushing {name} failed ({cause}); nothing half-written was left, "
+                                f"{target} {held}") from None
         raise
     return target
 

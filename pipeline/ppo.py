@@ -34,9 +34,11 @@ from pipeline.common import (
     plot_curves,
     precision_label,
     print_per_process,
+    revision_folder,
     run_stage,
     trainer_defaults,
 )
+from pipeline.config import split_settings
 from pipeline.data import dialog_splits, sample_pairs
 from pipeline.errors import PipelineError
 from pipeline.generation import (
@@ -151,7 +153,7 @@ def group_config(config, stage_args, reward_weights: list[float]) -> RLOOConfig 
         num_iterations=config.num_ppo_epochs, epsilon=config.cliprange, reward_weights=reward_weights)
 
 
-def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, train_prompts, eval_prompts,
+def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_files, train_prompts, eval_prompts,
               max_prompt_tokens, guards):
     """PPOTrainer on rendered prompts, the composite as its reward model and the reward model as its value model;
     returns the trainer and the way to read and write its KL coefficient."""
@@ -162,7 +164,7 @@ def build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, tra
         ref_model=ref_policy,
         reward_model=PPORewardModel(composite, tokenizer.convert_tokens_to_ids(END_OF_TURN),
                                     tokenizer.convert_tokens_to_ids(GENERATION_PROMPT)),
-        value_model=load_model(reward_path, AutoModelForSequenceClassification, "reward model", num_labels=1,
+        value_model=load_model(reward_files, AutoModelForSequenceClassification, "reward model", num_labels=1,
                                attn_implementation=padded_attention(config.bf16)),
         train_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, train_prompts, max_prompt_tokens)}),
         eval_dataset=Dataset.from_dict({"input_ids": render_prompts(tokenizer, eval_prompts, max_prompt_tokens)}),
@@ -193,23 +195,24 @@ def main(recipe, overrides):
                                   save_strategy="no", logging_steps=1),
     )
     set_seed(config.seed)
-    check_writable(recipe.run.hub_dir)
     sft_path, reward_path = recipe.hub_path("sft"), recipe.hub_path("reward")
     config.sft_model_path, config.reward_model_path = str(sft_path), str(reward_path)
-    tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
-    reward_tokenizer = load_tokenizer(reward_path, "reward model's tokenizer")
+    sft_files, reward_files = revision_folder(sft_path), revision_folder(reward_path)
+    tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
+    reward_tokenizer = load_tokenizer(reward_files, "reward model's tokenizer")
     if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise PipelineError(f"{reward_path}: the reward model was built for another tokenizer than {sft_path}; "
                             "train the reward model from this run's SFT model")
     tokenizer.padding_side = "left"
     attention = padded_attention(config.bf16)
-    policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    check_writable(recipe.run.hub_dir, policy)
     # Rollouts must sample from the policy's plain distribution: the chat defaults (repetition penalty, top-p) would
     # make the sampled log-probs disagree with the training forward pass and bias the ratio and the KL.
     policy.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
                                                 pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    ref_policy = load_model(sft_path, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
-    reward_model = load_model(reward_path, AutoModelForSequenceClassification, "reward model", tokenizer=tokenizer,
+    ref_policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
+    reward_model = load_model(reward_files, AutoModelForSequenceClassification, "reward model", tokenizer=tokenizer,
                               num_labels=1, attn_implementation=attention)
     context = policy.config.max_position_embeddings
     max_prompt_tokens = min(stage_args.max_prompt_length, context - config.response_length)
@@ -241,7 +244,7 @@ def main(recipe, overrides):
     guards = RLHFGuards(tokenizer, eval_prompts[: stage_args.guard_prompts], stage_args.max_kl, max_prompt_tokens,
                         config.response_length)
     if stage_args.algorithm == "ppo":
-        trainer, kl_coef = build_ppo(config, tokenizer, policy, ref_policy, composite, reward_path, train_prompts,
+        trainer, kl_coef = build_ppo(config, tokenizer, policy, ref_policy, composite, reward_files, train_prompts,
                                      eval_prompts, max_prompt_tokens, guards)
     else:
         trainer, kl_coef = build_group(config, stage_args, tokenizer, policy, ref_policy, composite, train_prompts,
@@ -298,6 +301,7 @@ def main(recipe, overrides):
 
     target = push(recipe.run.hub_dir, recipe.hub_name("ppo"), write,
                   metadata={"stage": "ppo", "algorithm": stage_args.algorithm, "seed": config.seed,
+                            "data_split": split_settings(data_args),
                             "temperature": config.temperature, "reward_weights": composite.weights,
                             "reward_model_scale": composite.reward_model_scale,
                             "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),

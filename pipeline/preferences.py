@@ -9,9 +9,17 @@ from pathlib import Path
 from datasets import Dataset, concatenate_datasets
 
 from pipeline.comparisons import labelled_splits, ranked_pairs
-from pipeline.data import content_id, dialog_splits, prompt_reply_pairs, split_eval
+from pipeline.data import (
+    content_id,
+    dialog_splits,
+    held_out_mask,
+    load_dialogs,
+    prompt_reply_pairs,
+    split_eval,
+    within_conversations,
+)
 from pipeline.errors import PipelineError
-from pipeline.files import expand_paths, hub_dataset, read_records
+from pipeline.files import CutShort, expand_paths, hub_dataset, read_records
 from pipeline.sources import BadRows, conversation_text, validate_messages
 
 logger = logging.getLogger(__name__)
@@ -118,6 +126,10 @@ def load_preferences(args) -> Dataset:
         for where, row in records:
             if isinstance(row, dict) and (row.get("vote") in NO_PREFERENCE_VOTES or row.get("skipped")):
                 continue
+            if isinstance(row, CutShort):
+                # The arena and the labeling page append one line per judgement: a crash loses that one, no more.
+                logger.warning(f"{where}: skipped, {row}: a judgement lost to a crash while it was written")
+                continue
             bad.total += 1
             if isinstance(row, Exception):
                 bad.add(where, str(row))
@@ -188,7 +200,12 @@ def preference_splits(args, kinds: list[str], weights: list[float] | None, conte
     built from each split of the dialogs (at most `eval_pairs` held-out pairs, with the data's split seed). `dialogs`
     is the (train, held-out) split of the dialogs when the caller has loaded it already."""
     if args.preference_sources:
-        train, held_out = (part.remove_columns("id") for part in split_eval(load_preferences(args), args))
+        preferences, conversations = load_preferences(args), load_dialogs(args)
+        # A judgement of a held-out conversation's context is held out with it, whatever its own draw.
+        held_conversations = [m for m, held in zip(conversations["messages"], held_out_mask(conversations["id"], args))
+                              if held]
+        on_held_out = within_conversations(preferences["prompt"], held_conversations)
+        train, held_out = (part.remove_columns("id") for part in split_eval(preferences, args, on_held_out))
         how = f"human preferences from {', '.join(args.preference_sources)}"
         return with_built_pairs(train, held_out, how, args, kinds, weights, context_turns, seed, max_pairs,
                                 built_per_preference, dialogs)

@@ -35,6 +35,7 @@ from pipeline.common import (
     run_stage,
     trainer_defaults,
 )
+from pipeline.config import split_settings
 from pipeline.cross_entropy import chunked_causal_lm_loss
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
@@ -197,7 +198,6 @@ def main(recipe, overrides):
     (shape,) = recipe.parse("model")
     data_args, stage_args, training_args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
     set_seed(training_args.seed)
-    check_writable(recipe.run.hub_dir)
     resume = resume_checkpoint(training_args, recipe.fingerprint("pretrain", overrides))
     tokenizer = load_tokenizer(recipe.hub_path("tokenizer"))
 
@@ -216,6 +216,7 @@ def main(recipe, overrides):
         eval_blocks = None
 
     model = build_model(tokenizer, shape, stage_args, training_args.bf16)
+    check_writable(recipe.run.hub_dir, model)
     n_params = model.num_parameters()
     print(f"model: GPT-2 {shape.n_layer}x{shape.n_embd}, {shape.n_head} heads, context {shape.n_positions}, "
           f"vocab {model.config.vocab_size}: {n_params / 1e6:.2f}M parameters; {len(train_blocks)} training blocks")
@@ -276,6 +277,7 @@ with the tokenizer `{recipe.hub_name('tokenizer')}`.
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "pretrain", "parent": recipe.hub_name("tokenizer"), "recipe": str(recipe.path),
+                            "data_split": split_settings(data_args),
                             "metrics": metrics, "log_history": trainer.state.log_history,
                             "fingerprint": recipe.fingerprint("pretrain", overrides)},
                   card_body=body,

@@ -19,10 +19,12 @@ from pipeline.common import (
     metrics_table,
     plot_curves,
     precision_label,
+    revision_folder,
     run_stage,
     trainer_defaults,
 )
 from pipeline.comparisons import agreement_report, collect_comparisons, read_comparisons
+from pipeline.config import split_settings
 from pipeline.data import dialog_splits
 from pipeline.generation import score_pairs
 from pipeline.hub import card_metadata, check_writable, push
@@ -75,11 +77,12 @@ def main(recipe, overrides):
                                   remove_unused_columns=False),
     )
     set_seed(training_args.seed)
-    check_writable(recipe.run.hub_dir)
     sft_path = recipe.hub_path("sft")
-    tokenizer = load_tokenizer(sft_path, "SFT model's tokenizer")
-    model = load_model(sft_path, AutoModelForSequenceClassification, "SFT model", tokenizer=tokenizer, num_labels=1,
+    sft_files = revision_folder(sft_path)
+    tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
+    model = load_model(sft_files, AutoModelForSequenceClassification, "SFT model", tokenizer=tokenizer, num_labels=1,
                        attn_implementation=padded_attention(training_args.bf16))
+    check_writable(recipe.run.hub_dir, model)
     model.config.pad_token_id = tokenizer.pad_token_id
     training_args.max_length = fit_context(recipe, "reward", training_args.max_length,
                                            model.config.max_position_embeddings)
@@ -167,6 +170,7 @@ print(score(text)[0]["score"])
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "reward", "parent": recipe.hub_name("sft"), "recipe": str(recipe.path),
+                            "data_split": split_settings(data_args),
                             "metrics": metrics, "per_kind": {"before": before, "after": after},
                             "agreement": {"before": agreement_before, "after": agreement},
                             "log_history": trainer.state.log_history, "pairs": how,

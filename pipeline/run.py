@@ -83,18 +83,23 @@ def main():
         # Up to date: made from these recipe settings, without overrides, after every stage it builds on.
         up_to_date = (stage != "eval" and meta.get("fingerprint") == recipe.fingerprint(stage)
                       and meta.get("created", "") >= newest_upstream)
-        newest_upstream = max(newest_upstream, meta.get("created", ""))
+        inputs_created, newest_upstream = newest_upstream, max(newest_upstream, meta.get("created", ""))
         forced = number - 1 >= rerun_from
         if up_to_date and not forced and not upstream_changed:
             print(f"{tag}: skipped, {hub_folder} is up to date with {recipe.path}", flush=True)
             summary.append((stage, hub_folder, meta.get("metrics", {}).get(KEY_METRIC.get(stage)), 0.0, "skipped"))
             continue
+        overridden = json.loads(meta["fingerprint"]).get("overrides") if meta.get("fingerprint") else None
+        if overridden:
+            print(f"{tag}: {hub_folder} was made with settings on its command line ({' '.join(overridden)}) that "
+                  f"{recipe.path} does not hold: it is redone from the recipe; name them there to keep them", flush=True)
         output_dir = Path(recipe.output_dir(stage))
-        # Checkpoints of other settings or inputs must not be resumed (a resuming stage would refuse them).
+        # Checkpoints of other settings or inputs must not be resumed (a resuming stage would refuse them); those
+        # made with these settings are resumed whatever older model the hub holds.
         fresh_because = stage in TRAINING_STAGES and output_dir.exists() and (
             "--force" if forced else "a stage it builds on was redone" if upstream_changed
-            else f"{hub_folder} is out of date" if meta
-            else stale_checkpoints(output_dir, recipe.fingerprint(stage)) if stage in RESUMING_STAGES else None)
+            else stale_checkpoints(output_dir, recipe.fingerprint(stage), inputs_created) if stage in RESUMING_STAGES
+            else f"{hub_folder} is out of date" if meta else None)
         if fresh_because:
             shutil.rmtree(output_dir)
             print(f"{tag}: starting fresh, {output_dir} removed: {fresh_because}", flush=True)
@@ -104,9 +109,10 @@ def main():
         result = subprocess.run(command(stage, recipe.path, accelerate_config), cwd=Path.cwd())
         seconds = time.time() - start
         if result.returncode != 0:
+            again = ("resumes from its last checkpoint, if it saved one" if stage in RESUMING_STAGES
+                     else "starts over (it saves no checkpoints)" if stage in TRAINING_STAGES else "runs again")
             print(f"{tag}: failed after {seconds:.0f}s (exit {result.returncode}); fix the cause above and run the "
-                  "same command again: finished stages are skipped and this one resumes from its last checkpoint",
-                  file=sys.stderr)
+                  f"same command again: finished stages are skipped and this one {again}", file=sys.stderr)
             sys.exit(result.returncode)
         print(f"{tag}: done in {seconds:.0f}s", flush=True)
         upstream_changed = True

@@ -22,9 +22,11 @@ from pipeline.common import (
     plot_curves,
     precision_label,
     resume_checkpoint,
+    revision_folder,
     run_stage,
     trainer_defaults,
 )
+from pipeline.config import split_settings
 from pipeline.data import conversation_windows, data_card, dialog_splits
 from pipeline.generation import chat_generation_config, generate_replies
 from pipeline.hub import card_metadata, check_writable, push
@@ -55,12 +57,13 @@ def main(recipe, overrides):
                                   train_sampling_strategy="group_by_length"),
     )
     set_seed(training_args.seed)
-    check_writable(recipe.run.hub_dir)
     resume = resume_checkpoint(training_args, recipe.fingerprint("sft", overrides))
     base_path = stage_args.base_model or str(recipe.hub_path("pretrain"))
-    tokenizer = load_tokenizer(base_path, "base model's tokenizer")
-    model = load_model(base_path, AutoModelForCausalLM, "base model", tokenizer=tokenizer,
+    base_files = revision_folder(base_path)
+    tokenizer = load_tokenizer(base_files, "base model's tokenizer")
+    model = load_model(base_files, AutoModelForCausalLM, "base model", tokenizer=tokenizer,
                        attn_implementation=padded_attention(training_args.bf16))
+    check_writable(recipe.run.hub_dir, model)
     # A chat model's turn ends at <|end|> (the trainer's eos_token): said here, so the trainer need not realign them.
     end_of_turn = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     model.config.eos_token_id = model.generation_config.eos_token_id = end_of_turn
@@ -144,6 +147,7 @@ Held-out reply perplexity went from {metrics['eval_reply_perplexity_before']} to
 """
     target = push(recipe.run.hub_dir, name, write,
                   metadata={"stage": "sft", "parent": base_path.rstrip("/").split("/")[-1], "recipe": str(recipe.path),
+                            "data_split": split_settings(data_args),
                             "metrics": metrics, "data": [report.as_dict() for report in data_reports],
                             "log_history": trainer.state.log_history,
                             "samples": dict(zip(stage_args.sample_prompts, samples)),

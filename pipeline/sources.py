@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.chat_format import chat_text
+from pipeline.chat_format import chat_text, escape_special_tokens
 from pipeline.errors import PipelineError
 from pipeline.files import TABLE_SUFFIXES, disk_dataset, expand_paths, hub_dataset, read_records, read_text_file
 
@@ -143,12 +143,17 @@ def _column_records(table, column: str, source: str) -> list[tuple[str, dict]]:
 
 
 def text_documents(source: str, args, report: BadRows) -> list[str]:
-    """The documents of one text source; a conversation without a reply is real text and stays in."""
+    """The documents of one text source; a conversation without a reply is real text and stays in. Only a `chat:`
+    source's documents hold special tokens (its turns'); in the others' text they are escaped."""
     kind, _, location = source.partition(":")
-    if source == "chitchat":
-        return [text for text in map(conversation_text, chitchat_conversations(report)) if text]
     if kind == "chat":
         return [chat_text(messages) for messages in _source_conversations(location, args, report) if messages]
+    return [escape_special_tokens(text) for text in _plain_documents(source, kind, location, args, report)]
+
+
+def _plain_documents(source: str, kind: str, location: str, args, report: BadRows) -> list[str]:
+    if source == "chitchat":
+        return [text for text in map(conversation_text, chitchat_conversations(report)) if text]
     if kind == "wikitext":
         return wikitext_articles(read_text_file(Path(location), args.encoding))
     if kind in ("hub", "disk"):

@@ -11,6 +11,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from pipeline.files import json_lines
+
 VOTES = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 vote_file_lock = threading.Lock()
 
@@ -50,7 +52,9 @@ def vote_row(round_: dict, vote: str) -> dict:
     else:
         row |= {"reply_a": [{"role": "assistant", "content": reply_a}],
                 "reply_b": [{"role": "assistant", "content": reply_b}]}
-    return row | {"vote": vote, "model_a": model_a, "model_b": model_b, "decoding": round_["decoding"],
+    revision_a, revision_b = round_.get("revisions") or (None, None)
+    return row | {"vote": vote, "model_a": model_a, "model_b": model_b, "revision_a": revision_a,
+                  "revision_b": revision_b, "decoding": round_["decoding"],
                   "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -58,15 +62,7 @@ def read_appended_rows(path: Path) -> list[dict]:
     """The JSON objects of a file `append_vote` writes; unreadable lines (a write cut short by a crash) are left out."""
     if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for _, row in json_lines(path) if isinstance(row, dict)]
 
 
 def read_votes(path: Path) -> list[dict]:
@@ -75,12 +71,19 @@ def read_votes(path: Path) -> list[dict]:
             if row.get("vote") in VOTES and "model_a" in row and "model_b" in row]
 
 
+def voted_model(row: dict, side: str) -> str:
+    """A side's model as the tally counts it: with its hub revision, so that a retrained model is counted apart."""
+    revision = row.get(f"revision_{side}")
+    return f"{row[f'model_{side}']} @ {revision}" if revision else row[f"model_{side}"]
+
+
 def tally_table(votes: list[dict]) -> str:
-    """Win rates per pair of models as a Markdown table: wins over the decided votes, with every count."""
+    """Win rates per pair of models (each revision apart) as a Markdown table: wins over the decided votes, with
+    every count."""
     counts = {}
     for row in votes:
-        first, second = sorted((row["model_a"], row["model_b"]))
-        winner = row.get("chosen_model") if row["vote"] in ("A", "B") else row["vote"]
+        first, second = sorted((voted_model(row, "a"), voted_model(row, "b")))
+        winner = voted_model(row, row["vote"].lower()) if row["vote"] in ("A", "B") else row["vote"]
         counts.setdefault((first, second), Counter())[winner] += 1
     if not counts:
         return "No votes yet."

@@ -18,6 +18,7 @@ from conftest import ROOT, run_cli, write_jsonl
 from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.app import LOADED_MODELS, _load_revision, load_chat_model, served_folder
 from pipeline.arguments import DataArguments
 from pipeline.chat import Chat, decoding_config
 from pipeline.comparisons import read_comparisons
@@ -194,7 +195,8 @@ def test_bad_input_gets_a_message_on_the_page_and_the_server_keeps_running(apps,
     send(page, "tell me a long story " * 60)
     expect(notice).to_contain_text("error: the message (with the system prompt) is")
     expect(notice).to_contain_text("128-token context")
-    for folder, problem in ((apps["hub"] / "missing-ppo", "folder not found"),
+    for folder, problem in ((apps["hub"] / "missing-ppo", "is not a model this page serves"),
+                            ("/etc", "is not a model this page serves; load one of:"),
                             (apps["hub"] / "smoke-base", "not a chat model")):
         page.locator("#model textarea").fill(str(folder))
         page.locator("#load").click()
@@ -261,6 +263,33 @@ def test_a_vote_cut_short_by_a_crash_does_not_spoil_the_next(tmp_path):
     append_vote(path, vote_row(second, "A"))
     assert [row["vote"] for row in read_votes(path)] == ["B", "A"]
     assert json.loads(path.read_text().splitlines()[-1])["chosen"] == [{"role": "assistant", "content": "reply 1"}]
+
+
+def test_a_vote_cut_mid_character_loses_that_vote_only_even_among_few(tmp_path):
+    path = tmp_path / "votes.jsonl"
+    first, second, third = rounds(3)
+    append_vote(path, vote_row(first, "A"))
+    with path.open("ab") as file:  # a crash inside "café": the last byte of "é" never reached the disk
+        file.write('{"prompt": [{"role": "user", "content": "caf\u00e9'.encode()[:-1])
+    append_vote(path, vote_row(second, "B"))
+    append_vote(path, vote_row(third, "A"))
+    assert [row["vote"] for row in read_votes(path)] == ["A", "B", "A"]
+    assert "| 3 |" in tally_table(read_votes(path))
+    # One lost line in four is over data.max_bad_fraction (0.1) as a bad row, but it is no bad row: a lost one.
+    pairs = load_preferences(DataArguments(preference_sources=[str(path)]))
+    assert pairs["chosen"] == [[{"role": "assistant", "content": f"reply {i}"}] for i in (0,)] + [
+        [{"role": "assistant", "content": "other reply 1"}], [{"role": "assistant", "content": "reply 2"}]]
+
+
+def test_votes_record_the_revisions_and_the_tally_counts_a_retrained_model_apart():
+    old, new = rounds(2)
+    old["revisions"] = ["20261201-100000-000000", "20261201-110000-000000"]
+    new["revisions"] = ["20261201-100000-000000", "20261207-090000-000000"]
+    votes = [vote_row(old, "B"), vote_row(new, "A")]
+    assert (votes[0]["revision_a"], votes[0]["revision_b"]) == tuple(old["revisions"])
+    table = tally_table(votes)
+    assert "| hub/x-ppo @ 20261201-110000-000000 | hub/x-sft @ 20261201-100000-000000 | 1 | 0 |" in table
+    assert "| hub/x-ppo @ 20261207-090000-000000 | hub/x-sft @ 20261201-100000-000000 | 0 | 1 |" in table
 
 
 def test_tally_counts_each_pair_and_its_win_rate():
@@ -385,6 +414,22 @@ def test_a_bad_comparisons_file_stops_the_label_page_with_one_line(tmp_path):
             read_comparisons(write_jsonl(path, rows))
     with pytest.raises(PipelineError, match="comparisons file not found"):
         read_comparisons(tmp_path / "missing.jsonl")
+
+
+def test_the_chat_page_serves_the_hubs_models_by_name_and_loads_each_revision_once(smoke_run):
+    hub = smoke_run["hub"]
+    named = [str(hub / "smoke-ppo")]
+    assert served_folder("smoke-sft", hub, named) == hub / "smoke-sft"
+    assert served_folder(f" {hub}/./smoke-sft/ ", hub, named) == hub / "smoke-sft"
+    for outside in ("/etc", str(hub / ".revisions"), str(hub / ".." / "runs"), "../../etc/passwd", "", "smoke"):
+        with pytest.raises(PipelineError, match="is not a model this page serves; load one of: ") as refused:
+            served_folder(outside, hub, named)
+        assert str(refused.value).endswith(", ".join(sorted(str(p) for p in hub.iterdir() if p.name[0] != ".")))
+    _load_revision.cache_clear()
+    for spelling in (hub / "smoke-sft", f"{hub}/./smoke-sft", f"{hub}/smoke-sft/", hub / ".." / hub.name / "smoke-sft"):
+        load_chat_model(spelling)
+    assert _load_revision.cache_info().currsize == 1
+    assert _load_revision.cache_info().maxsize == LOADED_MODELS
 
 
 def test_a_missing_model_folder_stops_the_app_with_one_line(tmp_path):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
+from test_errors import assert_one_line_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from eval.metrics import load_metric
@@ -58,6 +59,28 @@ def test_strategy_switch_starts_from_the_shipped_defaults_and_keeps_what_was_set
     assert "temperature=0.7," in shown[0] and "top_p=0.9," in shown[0] and "top_k=0," in shown[0]
     assert "max_new_tokens=20," in shown[0]
     assert "temperature=0.9," in shown[1] and "top_p=0.9," in shown[1] and "top_k=20," in shown[1]
+
+
+def test_a_bad_setting_gets_one_line_and_the_conversation_goes_on(chat_model):
+    _, _, folder = chat_model
+    turns = ("hi there , how are you today ?\n/set max_new_tokens 500\n/set top_p 1.5\n/set temperature 0\n"
+             "/set top_k 1.5\n/set strategy sample\n/settings\nwhat do you like to do ?\n/quit\n")
+    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--max_new_tokens", "20"],
+                            input=turns, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    errors = [line for line in result.stdout.splitlines() if "(error:" in line]
+    assert len(errors) == 4, result.stdout
+    assert "max_new_tokens must be from 1 to" in errors[0] and "top_p must be above 0 and at most 1" in errors[1]
+    assert "temperature must be above 0, got 0.0" in errors[2] and "top_k takes an integer" in errors[3]
+    assert "max_new_tokens=20," in result.stdout and "top_p=0.9," in result.stdout  # nothing refused was kept
+    assert result.stdout.count("bot> ") == 2
+
+
+def test_a_setting_generate_would_refuse_is_refused_at_start_in_one_line(chat_model):
+    _, _, folder = chat_model
+    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--temperature", "0",
+                             "--prompt", "hi"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert_one_line_error(result, "temperature must be above 0")
 
 
 def test_end_of_input_exits_cleanly(chat_model):

@@ -70,7 +70,7 @@ def bad_recipe(tmp_path, text):
     ("model:\n  n_embd: 100\n  n_head: 3\n", r"model.n_head \(3\) must divide model.n_embd \(100\)"),
     ("model:\n  n_layer: 0\n", "model.n_layer must be a positive integer"),
     ("model:\n  n_positions: -5\n", "model.n_positions must be a positive integer"),
-    ("data:\n  eval_fraction: 1.5\n", "data.eval_fraction must be between 0 and 1"),
+    ("data:\n  eval_fraction: 1.5\n", "section 'data': eval_fraction must be above 0 and below 1, got 1.5"),
     ("run_name: ../escape\n", "run_name: '../escape' is not a valid name"),
     ("run_name: /abs\n", "is not a valid name"),
     ("keep_revisions: -1\n", "keep_revisions must be a whole number of at least 0, got -1"),
@@ -109,3 +109,12 @@ def test_data_fields_can_be_overridden_from_any_stage_command_line(tmp_path):
     data, _, training = recipe.parse_stage("pretrain", ["--text_sources", "a.txt", "b.txt", "--max_steps", "7"])
     assert data.text_sources == ["a.txt", "b.txt"]
     assert training.max_steps == 7
+
+
+def test_naming_preference_files_redoes_only_the_stages_that_learn_from_them(tmp_path):
+    path = tmp_path / "votes.yaml"
+    path.write_text("data:\n  dialog_sources: [chitchat]\ndpo:\n  beta: 0.2\n")
+    before = load_recipe(path)
+    path.write_text("data:\n  dialog_sources: [chitchat]\n  preference_sources: [votes.jsonl]\ndpo:\n  beta: 0.2\n")
+    after = load_recipe(path)
+    assert [s for s in after.stages if after.fingerprint(s) != before.fingerprint(s)] == ["reward", "dpo"]

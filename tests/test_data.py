@@ -170,7 +170,7 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(tmp_path, cap
     assert len(dialogs) == 8
     assert "skipped 2 of 10 rows" in caplog.text
     assert f"{path}:9: turn 0 has unknown role 'robot'" in caplog.text
-    assert f"{path}:10: not valid JSON" in caplog.text
+    assert f"{path}:10: cut short (Unterminated string" in caplog.text
 
 
 @pytest.mark.parametrize("row, reason", [

@@ -8,6 +8,7 @@ import torch
 from conftest import most_lines_missing, run_cli, seed_hub, write_cornell, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from pipeline.files import read_records
 from tokenizer.train import train_tokenizer
 
 
@@ -154,3 +155,32 @@ def test_bad_eval_strategies_stop_the_run_before_any_stage(tmp_path, strategies,
     recipe = write_recipe(tmp_path / "r.yaml", tmp_path, eval={"strategies": strategies})
     assert_one_line_error(run_cli(["pipeline/run.py", "--config", recipe]), "r.yaml", fragment)
     assert hub_names(tmp_path) == []
+
+
+@pytest.mark.parametrize("section, values, fragment", [
+    ("data", {"max_documents_per_source": -1}, "section 'data': max_documents_per_source must be at least 1, got -1"),
+    ("data", {"max_eval_examples": -5}, "section 'data': max_eval_examples must be at least 1, got -5"),
+    ("data", {"eval_fraction": 1.0}, "section 'data': eval_fraction must be above 0 and below 1, got 1.0"),
+    ("ppo", {"context_turns": 0}, "section 'ppo': context_turns must be at least 1, got 0"),
+    ("reward", {"replies_per_prompt": 1}, "section 'reward': replies_per_prompt must be at least 2, got 1"),
+])
+def test_values_a_setting_cannot_mean_stop_the_run_before_any_stage(tmp_path, section, values, fragment):
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path, **{section: values})
+    assert_one_line_error(run_cli(["pipeline/run.py", "--config", recipe]), "r.yaml", fragment)
+    assert hub_names(tmp_path) == []
+
+
+def test_a_csv_cell_longer_than_the_csv_modules_limit_is_read(tmp_path):
+    article = "word " * 40_000  # 200,000 characters, over the csv module's default field limit of 131,072
+    (tmp_path / "long.csv").write_text(f'id,text\n1,"{article}"\n2,short\n', encoding="utf-8")
+    (text,) = [d for d in read_records(tmp_path / "long.csv") if d[1]["id"] == "1"]
+    assert text == (f"{tmp_path / 'long.csv'}:2", {"id": "1", "text": article})
+
+
+def test_a_stage_with_another_held_out_split_than_the_model_it_builds_on_is_refused(tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", tmp_path)
+    run_cli(["tokenizer/train.py", "--config", recipe], check=True)
+    result = run_cli(["pipeline/pretrain.py", "--config", recipe, "--split_seed", "7"])
+    assert_one_line_error(result, f"{tmp_path / 'hub' / 'r-tokenizer'}: made with the held-out split",
+                          "'split_seed': 7", "redo tokenizer first")
+    assert hub_names(tmp_path) == [".revisions", "r-tokenizer"]

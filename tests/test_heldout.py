@@ -4,7 +4,15 @@ samples of held-out prompts spread over the conversations."""
 import json
 
 from pipeline.arguments import DataArguments
-from pipeline.data import dialog_splits, held_out_draw, load_dialogs, normalised, sample_pairs, text_splits
+from pipeline.data import (
+    dialog_splits,
+    held_out_draw,
+    held_out_mask,
+    load_dialogs,
+    normalised,
+    sample_pairs,
+    text_splits,
+)
 from pipeline.ppo import prompt_conversations
 from pipeline.preferences import preference_splits
 from pipeline.sources import conversation_text
@@ -30,15 +38,15 @@ def write_text(path, conversations, others: int = 30):
 
 
 def args(dialogs, texts, **kwargs):
-    return DataArguments(dialog_sources=dialogs, text_sources=texts, eval_fraction=0.25, max_eval_examples=8,
-                         **kwargs)
+    return DataArguments(dialog_sources=dialogs, text_sources=texts, **{"eval_fraction": 0.25, "max_eval_examples": 8,
+                                                                          **kwargs})
 
 
 def held_out_conversations(data_args) -> list[str]:
     """Every conversation whose draw holds it out, evaluated or not: what no stage may train on."""
     dialogs = load_dialogs(data_args)
-    return [normalised(conversation_text(m)) for i, m in zip(dialogs["id"], dialogs["messages"])
-            if held_out_draw(i, data_args.split_seed) < data_args.eval_fraction]
+    return [normalised(conversation_text(m)) for m, held in zip(dialogs["messages"],
+                                                                 held_out_mask(dialogs["id"], data_args)) if held]
 
 
 def assert_never_trained_on(data_args, held_out: list[str]):
@@ -69,6 +77,32 @@ def test_a_recipe_mixing_text_and_dialog_sources_holds_out_the_same_conversation
     first, again = dialog_splits(data_args)[1], dialog_splits(data_args)[1]
     assert first["id"] == again["id"] and len(first) == data_args.max_eval_examples
     assert {normalised(conversation_text(m)) for m in first["messages"]} <= set(held_out)
+
+
+def test_a_source_too_small_for_any_draw_below_the_fraction_holds_out_its_lowest_draw_everywhere(tmp_path):
+    conversations = [conversation(i) for i in range(12)]
+    data_args = args([write_dialogs(tmp_path / "d.jsonl", conversations)],
+                     [write_text(tmp_path / "t.txt", conversations)], eval_fraction=0.001)
+    ids = load_dialogs(data_args)["id"]
+    assert not any(held_out_draw(i, data_args.split_seed) < data_args.eval_fraction for i in ids)
+    held_out = held_out_conversations(data_args)
+    assert len(held_out) == 1
+    assert_never_trained_on(data_args, held_out)
+
+
+def test_judgements_of_a_held_out_conversations_context_are_held_out_with_it(tmp_path):
+    conversations = [conversation(i) for i in range(60)]
+    votes = tmp_path / "votes.jsonl"
+    votes.write_text("".join(json.dumps({"prompt": m[:3], "chosen": [{"role": "assistant", "content": "good reply"}],
+                                         "rejected": [{"role": "assistant", "content": "bad"}]}) + "\n"
+                             for m in conversations), encoding="utf-8")
+    data_args = args([write_dialogs(tmp_path / "d.jsonl", conversations)], ["chitchat"],
+                     preference_sources=[str(votes)], max_eval_examples=60)
+    held_out = held_out_conversations(data_args)
+    train, evaluated, _ = preference_splits(data_args, ["truncated"], None, 3, 0, None, 100)
+    trained = [normalised(conversation_text(p)) for p in train["prompt"]]
+    assert len(train) + len(evaluated) == 60 and len(evaluated) > len(held_out)  # and those a vote's own draw holds
+    assert not any(p in c for p in trained for c in held_out), "the reward model trains on a held-out context"
 
 
 def test_a_chat_text_source_holds_out_the_same_conversations_as_its_dialog_source(tmp_path):

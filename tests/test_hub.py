@@ -71,7 +71,8 @@ def test_failed_write_leaves_previous_version_and_no_staging(tmp_path):
         (folder / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    with pytest.raises(OSError):
+    with pytest.raises(PipelineError, match=r"pushing run-base failed \(disk full\); nothing half-written was left, "
+                                            r".*run-base still holds its previous model"):
         push(tmp_path, "run-base", broken, metadata={}, card_body="", card_metadata={})
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run-base")
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
@@ -282,3 +283,41 @@ def test_unwritable_hub_is_refused_before_training(tmp_path):
 @pytest.mark.parametrize("name", ["quickstart-ppo", "a.b_c-1", "wikigpt-movie-base"])
 def test_check_name_accepts_run_names(name):
     assert check_name(name) == name
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB filesystem of its own (a tmpfs: mounting needs root); unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
+def test_a_hub_without_room_for_the_models_weights_is_refused_before_training(small_disk):
+    small = tiny_model()  # 0.01 MiB of weights
+    large = GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=16, n_embd=128, n_layer=1, n_head=2))
+    with pytest.raises(PipelineError, match=r"only 1\.0 MiB free on disk, need at least 50\.0 MiB"):
+        check_writable(small_disk / "hub", small)
+    with pytest.raises(PipelineError, match=r"need at least 5[0-9]\.[0-9] MiB \(the model's weights and 50 MiB"):
+        check_writable(small_disk / "hub", large)
+
+
+def test_a_push_that_fills_the_disk_says_so_in_one_line_and_leaves_the_name_as_it_was(small_disk):
+    hub = small_disk / "hub"
+    first = push_model(hub, "m", tiny_model(seed=1))
+    before = embeddings(first)
+    large = GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=16, n_embd=128, n_layer=1, n_head=2))
+    with pytest.raises(PipelineError) as failure:
+        push_model(hub, "m", large)
+    assert str(failure.value).count("\n") == 0
+    assert "pushing m failed (No space left on device" in str(failure.value)
+    assert f"nothing half-written was left, {hub / 'm'} still holds its" \
+           in str(failure.value)
+    assert bool((embeddings(hub / "m") == before).all())
+    assert sorted(p.name for p in hub.iterdir()) == [".revisions", "m"], "no staging folder is left behind"
+    with pytest.raises(PipelineError, match=f"{hub / 'new'} was not created"):
+        push_model(hub, "new", large)
+    assert not (hub / "new").exists()

@@ -19,6 +19,7 @@ from pipeline.chat_format import (
     between_special_tokens,
 )
 from pipeline.common import metrics_table, run_stage
+from pipeline.config import split_settings
 from pipeline.data import text_splits
 from pipeline.errors import PipelineError
 from pipeline.hub import card_metadata, check_writable, push
@@ -96,6 +97,7 @@ Special tokens: {', '.join(f'`{t}`' for t in SPECIAL_TOKENS)}. The chat template
         name,
         tokenizer.save_pretrained,
         metadata={"stage": "tokenizer", "parent": None, "recipe": str(recipe.path), "metrics": metrics,
+                  "data_split": split_settings(data_args),
                   "fingerprint": recipe.fingerprint("tokenizer", overrides)},
         card_body=body,
         keep_revisions=recipe.run.keep_revisions,
