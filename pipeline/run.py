@@ -5,8 +5,9 @@
 DPO runs only for a recipe with a `dpo:` section.
 
 A stage whose hub folder exists and was made from the same recipe settings is skipped; --force STAGE redoes that
-stage and every stage after it; an interrupted stage resumes from its last checkpoint when run again, or starts
-fresh (its checkpoints removed) when they were made with other settings.
+stage and every stage after it; an interrupted stage resumes from its last complete checkpoint when run again,
+whatever older model the hub holds, or starts fresh (its checkpoints removed) when they were made with other settings
+or before a model they build on was pushed.
 """
 
 import argparse
