@@ -62,15 +62,13 @@ class CutShort(ValueError):
 
 
 def json_line(line: bytes | str):
-    """One JSON Lines line as its value; CutShort when it stops mid-character or mid-object, ValueError when it is
-    not JSON."""
+    """One JSON Lines line as its value (bytes: UTF-8 that is valid or cut short); CutShort when it stops
+    mid-character or mid-object, ValueError when it is not JSON."""
     if isinstance(line, bytes):
         try:
             line = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            if err.reason == "unexpected end of data":
-                raise CutShort("cut short mid-character") from None
-            raise ValueError(f"not valid UTF-8 (byte 0x{line[err.start]:02x} at offset {err.start})") from None
+        except UnicodeDecodeError:
+            raise CutShort("cut short mid-character") from None
     try:
         return json.loads(line)
     except json.JSONDecodeError as err:
@@ -80,15 +78,27 @@ def json_line(line: bytes | str):
         raise ValueError(f"not valid JSON ({err.msg})") from None
 
 
+def _cut_or_utf8(line: bytes) -> bool:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.reason == "unexpected end of data"
+    return True
+
+
 def json_lines(path: Path, encoding: str = "auto") -> list[tuple[str, object]]:
     """A JSON Lines file's values as (where, value); a line that cannot be read stands as its CutShort or ValueError.
-    UTF-8 is decoded line by line, so that one line cut mid-character spoils no other."""
-    if encoding in ("auto", "utf-8", "utf8"):
-        if not path.is_file():
-            raise PipelineError(f"{path}: file not found")
-        lines = path.read_bytes().removeprefix(codecs.BOM_UTF8).replace(b"\r\n", b"\n").split(b"\n")
-    else:
+    A UTF-8 file whose only flaw is a line cut mid-character is decoded line by line, so that the cut line spoils no
+    other; any other decoding flaw stops with read_text_file's message."""
+    try:
         lines = read_text_file(path, encoding).split("\n")
+    except PipelineError:
+        if not path.is_file():
+            raise
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8).replace(b"\r\n", b"\n").split(b"\n")
+        if encoding not in ("auto", "utf-8", "utf8") or not all(map(_cut_or_utf8, raw)):
+            raise
+        lines = raw
     records = []
     for number, line in enumerate(lines, start=1):
         if line.strip():

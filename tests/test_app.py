@@ -243,8 +243,11 @@ def test_arena_votes_become_preference_pairs_the_reward_stage_reads(apps, browse
     assert len(pairs) == 1 and pairs["chosen"][0] == row["chosen"] and pairs["kind"] == ["human"]
 
     tally = run_cli(["pipeline/app.py", "--tally", apps["votes"]], check=True).stdout
-    first, second = sorted((row["model_a"], row["model_b"]))
-    winner_is_first = row["chosen_model"] == first
+    # Each model with the hub revision that replied: a model retrained under its name is counted apart.
+    assert {row["revision_a"], row["revision_b"]} == {
+        Path(os.path.realpath(apps["hub"] / name)).name for name in ("smoke-sft", "smoke-ppo")}
+    first, second = sorted((f"{row['model_a']} @ {row['revision_a']}", f"{row['model_b']} @ {row['revision_b']}"))
+    winner_is_first = first.startswith(row["chosen_model"] + " @")
     assert f"| {first} | {second} | {int(winner_is_first)} | {int(not winner_is_first)} | 1 | 0 | 2 |" in tally
 
 

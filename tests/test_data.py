@@ -173,6 +173,14 @@ def test_malformed_rows_are_reported_with_line_numbers_and_skipped(tmp_path, cap
     assert f"{path}:10: cut short (Unterminated string" in caplog.text
 
 
+def test_a_latin1_jsonl_file_is_refused_as_a_whole_with_the_encoding_to_set(tmp_path):
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(json.dumps({"messages": [{"role": "user", "content": "café"}]}, ensure_ascii=False)
+                     .encode("latin-1") + b"\n")
+    with pytest.raises(PipelineError, match="not valid UTF-8.*data.encoding: latin-1"):
+        load_dialogs(data_args(dialog_sources=[str(path)]))
+
+
 @pytest.mark.parametrize("row, reason", [
     ({"messages": []}, "empty conversation"),
     ({"messages": [{"role": "user"}]}, "turn 0 has no content"),

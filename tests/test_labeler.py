@@ -164,8 +164,7 @@ def test_prompts_people_ranked_become_every_pair_of_their_replies_for_the_reward
            "scores": [2, 1, 3], "mode": "rank", "labeler": "person"} for i, c in enumerate(conversations)),
         {"id": "skipped", "skipped": True, "labeler": "person"},
         '{"id": "cut", "prompt": [{"role": "user", "content": "hi"}], "replies": ["a", "b"], "sco'])
-    recipe = write_recipe(tmp_path / "people.yaml", tmp_path, data={"preference_sources": [str(labels)],
-                                                                    "eval_fraction": 0.2, "max_bad_fraction": 0.2})
+    recipe = write_recipe(tmp_path / "people.yaml", tmp_path, data={"preference_sources": [str(labels)]})
     result = launch("pipeline/reward.py", recipe)
     assert result.returncode == 0, result.stderr[-3000:]
     meta = json.loads((tmp_path / "hub" / "people-reward" / "minichatgpt.json").read_text())
