@@ -268,7 +268,8 @@ def changed_settings(recorded: str, current: str, shown: int = 3) -> str:
 def resume_checkpoint(training_args, fingerprint: str) -> str | None:
     """The last checkpoint of `training_args.output_dir` to resume from, or None to start fresh; refuses checkpoints
     made with other settings, which would be finished under these settings and stamped with their fingerprint, and
-    removes newer checkpoints that were cut short while saving. A fresh start records `fingerprint` beside the checkpoints it will write."""
+    removes newer checkpoints that were cut short while saving. A fresh start records `fingerprint` beside the
+    checkpoints it will write."""
     output_dir = Path(training_args.output_dir)
     stale = stale_checkpoints(output_dir, fingerprint)
     if stale:

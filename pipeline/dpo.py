@@ -79,7 +79,8 @@ def main(recipe, overrides):
     sft_files = revision_folder(sft_path)
     tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
     attention = padded_attention(config.bf16)
-    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer,
+                        attn_implementation=attention)
     reference = load_model(sft_files, AutoModelForCausalLM, "SFT model", attn_implementation=attention)
     check_writable(recipe.run.hub_dir, policy)
     context = policy.config.max_position_embeddings

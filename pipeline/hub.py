@@ -64,8 +64,9 @@ def check_writable(hub_dir: str | os.PathLike, model=None):
     free = shutil.disk_usage(hub_dir).free
     if free < min_free_bytes:
         raise PipelineError(f"{hub_dir}: only {free / 2**20:.1f} MiB free on disk, need at least "
-                            f"{min_free_bytes / 2**20:.1f} MiB (the model's weights and {PUSH_OVERHEAD_BYTES >> 20} MiB "
-                            "for the rest of a push); free some space or pick another hub_dir")
+                            f"{min_free_bytes / 2**20:.1f} MiB (the model's weights and "
+                            f"{PUSH_OVERHEAD_BYTES >> 20} MiB for the rest of a push); free some space or pick another "
+                            "hub_dir")
 
 
 def library_versions() -> dict[str, str]:

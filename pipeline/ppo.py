@@ -205,7 +205,8 @@ def main(recipe, overrides):
                             "train the reward model from this run's SFT model")
     tokenizer.padding_side = "left"
     attention = padded_attention(config.bf16)
-    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer, attn_implementation=attention)
+    policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer,
+                        attn_implementation=attention)
     check_writable(recipe.run.hub_dir, policy)
     # Rollouts must sample from the policy's plain distribution: the chat defaults (repetition penalty, top-p) would
     # make the sampled log-probs disagree with the training forward pass and bias the ratio and the KL.

@@ -93,7 +93,8 @@ def main():
         overridden = json.loads(meta["fingerprint"]).get("overrides") if meta.get("fingerprint") else None
         if overridden:
             print(f"{tag}: {hub_folder} was made with settings on its command line ({' '.join(overridden)}) that "
-                  f"{recipe.path} does not hold: it is redone from the recipe; name them there to keep them", flush=True)
+                  f"{recipe.path} does not hold: it is redone from the recipe; name them there to keep them",
+                  flush=True)
         output_dir = Path(recipe.output_dir(stage))
         # Checkpoints of other settings or inputs must not be resumed (a resuming stage would refuse them); those
         # made with these settings are resumed whatever older model the hub holds.

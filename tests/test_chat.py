@@ -47,15 +47,21 @@ def test_interactive_two_turns_keep_history_and_trim_when_full(chat_model):
     assert "repetition_penalty=" in result.stdout and "(history cleared)" in result.stdout
 
 
-def test_strategy_switch_starts_from_the_shipped_defaults_and_keeps_what_was_set(chat_model):
-    _, _, folder = chat_model
-    turns = ("/set strategy greedy\n/set strategy sample\n/settings\n"
-             "/set top_k 20\n/set strategy greedy\n/set temperature 0.9\n/set strategy sample\n/settings\n/quit\n")
+def interactive_session(folder, turns: str) -> str:
+    """What `pipeline/chat.py` prints for the typed `turns` (with --max_new_tokens 20); it must exit 0."""
     result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--max_new_tokens", "20"],
                             input=turns, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    shown = [line for line in result.stdout.splitlines() if "strategy=sample," in line]
-    assert len(shown) == 2, result.stdout
+    return result.stdout
+
+
+def test_strategy_switch_starts_from_the_shipped_defaults_and_keeps_what_was_set(chat_model):
+    _, _, folder = chat_model
+    stdout = interactive_session(folder, "/set strategy greedy\n/set strategy sample\n/settings\n/set top_k 20\n"
+                                         "/set strategy greedy\n/set temperature 0.9\n/set strategy sample\n"
+                                         "/settings\n/quit\n")
+    shown = [line for line in stdout.splitlines() if "strategy=sample," in line]
+    assert len(shown) == 2, stdout
     assert "temperature=0.7," in shown[0] and "top_p=0.9," in shown[0] and "top_k=0," in shown[0]
     assert "max_new_tokens=20," in shown[0]
     assert "temperature=0.9," in shown[1] and "top_p=0.9," in shown[1] and "top_k=20," in shown[1]
@@ -63,17 +69,15 @@ def test_strategy_switch_starts_from_the_shipped_defaults_and_keeps_what_was_set
 
 def test_a_bad_setting_gets_one_line_and_the_conversation_goes_on(chat_model):
     _, _, folder = chat_model
-    turns = ("hi there , how are you today ?\n/set max_new_tokens 500\n/set top_p 1.5\n/set temperature 0\n"
-             "/set top_k 1.5\n/set strategy sample\n/settings\nwhat do you like to do ?\n/quit\n")
-    result = subprocess.run([sys.executable, "pipeline/chat.py", "--model", str(folder), "--max_new_tokens", "20"],
-                            input=turns, capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    errors = [line for line in result.stdout.splitlines() if "(error:" in line]
-    assert len(errors) == 4, result.stdout
+    stdout = interactive_session(folder, "hi there , how are you today ?\n/set max_new_tokens 500\n/set top_p 1.5\n"
+                                         "/set temperature 0\n/set top_k 1.5\n/set strategy sample\n/settings\n"
+                                         "what do you like to do ?\n/quit\n")
+    errors = [line for line in stdout.splitlines() if "(error:" in line]
+    assert len(errors) == 4, stdout
     assert "max_new_tokens must be from 1 to" in errors[0] and "top_p must be above 0 and at most 1" in errors[1]
     assert "temperature must be above 0, got 0.0" in errors[2] and "top_k takes an integer" in errors[3]
-    assert "max_new_tokens=20," in result.stdout and "top_p=0.9," in result.stdout  # nothing refused was kept
-    assert result.stdout.count("bot> ") == 2
+    assert "max_new_tokens=20," in stdout and "top_p=0.9," in stdout  # nothing refused was kept
+    assert stdout.count("bot> ") == 2
 
 
 def test_a_setting_generate_would_refuse_is_refused_at_start_in_one_line(chat_model):
