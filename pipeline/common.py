@@ -1,6 +1,7 @@
 """What every stage script shares: the command line, error reporting, logging, loading models safely."""
 
 import argparse
+import errno
 import json
 import logging
 import math
@@ -27,8 +28,10 @@ def run_stage(main, description: str):
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
                         datefmt="%H:%M:%S")
     use_cpu_cores()
+    recipe = None
     try:
-        main(load_recipe(known.config), overrides)
+        recipe = load_recipe(known.config)
+        main(recipe, overrides)
     except PipelineError as err:
         if known.debug:
             raise
@@ -41,8 +44,23 @@ def run_stage(main, description: str):
         if known.debug:
             raise
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
+        full = full_disk(recipe)
+        if full or getattr(err, "errno", None) == errno.ENOSPC:
+            print(f"error: the disk{f' of {full}' if full else ''} is full ({type(err).__name__}: {first}); free "
+                  "space and run the same command again: pretraining and SFT resume from their last complete "
+                  "checkpoint", file=sys.stderr)
+        else:
+            print(f"error: {type(err).__name__}: {first} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+
+
+def full_disk(recipe) -> str | None:
+    """The run's checkpoint or hub folder whose disk has (almost) no space left: what a failed save means, whichever
+    error the writer raised (safetensors and torch.save report a full disk in words of their own)."""
+    for folder in (recipe.run.output_root, recipe.run.hub_dir) if recipe is not None else ():
+        if Path(folder).is_dir() and shutil.disk_usage(folder).free < 2**20:
+            return str(folder)
+    return None
 
 
 def use_cpu_cores():
