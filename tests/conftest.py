@@ -74,6 +74,17 @@ def seed_hub(smoke_run, tmp_path: Path, run_name: str, *stages: str):
         shutil.copytree(smoke_run["runs"] / "smoke" / "comparisons", tmp_path / "runs" / run_name / "comparisons")
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB filesystem of its own (a tmpfs: mounting needs root); unmounted afterwards."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=True)
+
+
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """The whole smoke chain, run once through `pipeline/run.py` as the README says."""

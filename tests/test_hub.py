@@ -285,17 +285,6 @@ def test_check_name_accepts_run_names(name):
     assert check_name(name) == name
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1 MiB filesystem of its own (a tmpfs: mounting needs root); unmounted afterwards."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    yield folder
-    subprocess.run(["umount", "-l", str(folder)], check=True)
-
-
 def test_a_hub_without_room_for_the_models_weights_is_refused_before_training(small_disk):
     small = tiny_model()  # 0.01 MiB of weights
     large = GPT2LMHeadModel(GPT2Config(vocab_size=4096, n_positions=16, n_embd=128, n_layer=1, n_head=2))
