@@ -9,7 +9,7 @@ import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 import pipeline.hub
-from pipeline.common import load_model, require_model_folder
+from pipeline.common import load_model, require_model_folder, revision_folder
 from pipeline.errors import PipelineError
 from pipeline.hub import (
     METADATA_FILE,
@@ -310,3 +310,13 @@ def test_a_push_that_fills_the_disk_says_so_in_one_line_and_leaves_the_name_as_i
     with pytest.raises(PipelineError, match=f"{hub / 'new'} was not created"):
         push_model(hub, "new", large)
     assert not (hub / "new").exists()
+
+
+def test_one_load_reads_one_revision_whatever_is_pushed_meanwhile(tmp_path):
+    push_model(tmp_path, "m", tiny_model(seed=1))
+    before = embeddings(tmp_path / "m")
+    files = revision_folder(tmp_path / "m")  # what a stage resolves once, before its tokenizer and its weights
+    push_model(tmp_path, "m", tiny_model(seed=2))
+    assert bool((embeddings(files) == before).all()), "the load began on the old revision and stays on it"
+    assert revision_folder(tmp_path / "m") != files and not bool((embeddings(tmp_path / "m") == before).all())
+    assert revision_folder(tmp_path / "not-a-link") == tmp_path / "not-a-link"
