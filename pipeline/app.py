@@ -40,7 +40,7 @@ from pipeline.chat import (
     decoding_config,
     reply,
 )
-from pipeline.common import load_model, load_tokenizer
+from pipeline.common import load_model, load_tokenizer, revision_folder
 from pipeline.comparisons import read_comparisons
 from pipeline.errors import PipelineError
 from pipeline.hub import list_hub, read_metadata
@@ -105,7 +105,7 @@ LOADED_MODELS = 8
 
 def load_chat_model(folder: str | os.PathLike):
     """The chat model and tokenizer of `folder`'s revision now; every spelling of a folder is one cache entry."""
-    return _load_revision(os.path.realpath(folder) if Path(folder).exists() else str(folder))
+    return _load_revision(str(revision_folder(folder)))
 
 
 def served_folder(text: str, hub_dir: str | os.PathLike, named: list[str]) -> Path:

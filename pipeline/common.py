@@ -76,9 +76,10 @@ def use_cpu_cores():
 
 
 def revision_folder(path: str | os.PathLike) -> str | os.PathLike:
-    """The revision a hub name's link points at now (other paths as they are): every file of one model is loaded from
-    it, so that a push meanwhile cannot pair one revision's tokenizer or config with another's weights."""
-    return Path(os.path.realpath(path)) if Path(path).is_symlink() else path
+    """The folder a path resolves to now: for a hub name, the revision its link points at (a path that does not
+    exist, or a hub id, as it is). Every file of one model is loaded from it, so that a push meanwhile cannot pair one
+    revision's tokenizer or config with another's weights; every spelling of one folder resolves alike."""
+    return Path(os.path.realpath(path)) if Path(path).exists() else path
 
 
 def require_model_folder(path: str | os.PathLike, what: str) -> Path:

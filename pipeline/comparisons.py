@@ -60,7 +60,7 @@ def sample_comparisons(model, tokenizer, prompts: list[list[dict]], replies_per_
     finished = ended(tokenizer, reply_ids)
     texts = reply_texts(tokenizer, reply_ids)
     scores = labeler.score(repeated, texts, finished)
-    revision = model_revision(model_name)
+    revision = model_revision(model.name_or_path)
     rows = []
     for i, prompt in enumerate(prompts):
         group = slice(i * replies_per_prompt, (i + 1) * replies_per_prompt)
@@ -81,9 +81,11 @@ def collect_comparisons(recipe, data_args, stage_args, seed: int, dialogs) -> st
     from pipeline.labeler import load_labeler, reference_conversations
 
     folder, sft_path = Path(recipe.output_dir("comparisons")), recipe.hub_path("sft")
+    # One revision for the digest, the tokenizer and the weights, whatever is pushed meanwhile.
+    sft_files = revision_folder(sft_path)
     ppo_config = recipe.parse("ppo", defaults=trainer_defaults(response_length=32))[1]
     turns = recipe.reward_context_turns(stage_args)
-    settings = {"model": str(sft_path), "weights": weights_digest(sft_path), "labeler": stage_args.labeler,
+    settings = {"model": str(sft_path), "weights": weights_digest(sft_files), "labeler": stage_args.labeler,
                 "replies_per_prompt": stage_args.replies_per_prompt, "prompts": stage_args.comparison_prompts,
                 "held_out_prompts": stage_args.held_out_comparison_prompts, "context_turns": turns,
                 "max_new_tokens": ppo_config.response_length, "seed": seed,
@@ -91,7 +93,6 @@ def collect_comparisons(recipe, data_args, stage_args, seed: int, dialogs) -> st
     if collected(folder, settings):
         return f"comparisons reused from {folder}"
     start = time.time()
-    sft_files = revision_folder(sft_path)
     tokenizer = load_tokenizer(sft_files, "SFT model's tokenizer")
     tokenizer.padding_side = "left"
     policy = load_model(sft_files, AutoModelForCausalLM, "SFT model", tokenizer=tokenizer)

@@ -36,12 +36,13 @@ STAGES = ("tokenizer", "pretrain", "sft", "reward", "ppo", "dpo")
 # The hub models each stage (and the evaluation) reads, whose held-out split must be its own.
 BUILDS_ON = {"pretrain": ("tokenizer",), "sft": ("pretrain",), "reward": ("sft",), "ppo": ("sft", "reward"),
              "dpo": ("sft",), "eval": ("pretrain", "sft", "reward", "ppo")}
+OPTIONAL_STAGES = ("dpo",)
 
 
 def split_settings(data_args) -> dict:
     """What decides which documents and conversations are held out (recorded in every model a stage pushes)."""
     return {"split_seed": data_args.split_seed, "eval_fraction": data_args.eval_fraction}
-OPTIONAL_STAGES = ("dpo",)
+
 
 def _ppo_config_class():
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")

@@ -128,7 +128,14 @@ def load_dialogs(args, reports: list | None = None) -> Dataset:
 def held_out_mask(ids: list[str], args, also_held_out: list[bool] | None = None) -> list[bool]:
     """Which rows are held out: a draw below data.eval_fraction, or marked in `also_held_out`; when none is, the
     lowest draw (a dataset that small must still hold one out). The one rule every split and every check uses."""
-    draws = [held_out_draw(example_id, args.split_seed) for example_id in ids]
+    return _held_out(_draws(ids, args), args, also_held_out)
+
+
+def _draws(ids: list[str], args) -> list[float]:
+    return [held_out_draw(example_id, args.split_seed) for example_id in ids]
+
+
+def _held_out(draws: list[float], args, also_held_out: list[bool] | None) -> list[bool]:
     held = [draw < args.eval_fraction or bool(also_held_out and also_held_out[i]) for i, draw in enumerate(draws)]
     if draws and not any(held):
         held[min(range(len(draws)), key=draws.__getitem__)] = True
@@ -156,8 +163,8 @@ def split_eval(dataset: Dataset, args, also_held_out: list[bool] | None = None) 
         unit = (f" (text files give one document per {args.text_unit}, data.text_unit; set it to line for one "
                 "document per line)" if "text" in dataset.column_names else "")
         raise PipelineError(f"only {len(dataset)} example(s): need at least 2 to hold one out for evaluation{unit}")
-    draws = [held_out_draw(example_id, args.split_seed) for example_id in dataset["id"]]
-    held = held_out_mask(dataset["id"], args, also_held_out)
+    draws = _draws(dataset["id"], args)
+    held = _held_out(draws, args, also_held_out)
     if all(held):
         raise PipelineError(f"all {len(dataset)} examples are held out; lower data.eval_fraction "
                             f"({args.eval_fraction}) or add data")
