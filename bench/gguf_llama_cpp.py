@@ -19,11 +19,11 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.data import dialog_splits, sample_pairs
-from pipeline.export import export
-from pipeline.generation import fit_history
+from minichatgpt.data.splits import dialog_splits, sample_pairs
+from minichatgpt.generation import fit_history
+from minichatgpt.gguf import export
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
 
 
 def main():

@@ -1,6 +1,6 @@
 """Training throughput of the pretrain stage (GPT2LMHeadModel + transformers.Trainer) against a minimal plain-PyTorch
 GPT of the same shape, batch, sequence and optimizer, in the same process, on random tokens (no data download).
-The stage's model and training settings come from pipeline/pretrain.py with PretrainArguments' defaults, so the
+The stage's model and training settings come from minichatgpt (build_model, pretrain_defaults) with PretrainArguments' defaults, so the
 benchmark measures the same speed settings the stage trains with.
 
     python bench/pretrain_throughput.py                      # 4 x 192, batch 16: this CPU's yardstick
@@ -23,8 +23,10 @@ import transformers
 from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator
 
-from pipeline.arguments import PretrainArguments
-from pipeline.pretrain import build_model, device_peak_flops, flops_per_token, trainer_speed_defaults
+from minichatgpt.arguments import PretrainArguments
+from minichatgpt.model.gpt2 import build_model
+from minichatgpt.training.defaults import trainer_speed_defaults
+from minichatgpt.training.throughput import device_peak_flops, flops_per_token
 
 # `quickstart` is the quickstart's shape until 2 December 2026 (it is 4 x 128 since): kept, so that this machine's
 # tokens/s quoted beside every timing in docs/results.md stay comparable.

@@ -20,14 +20,14 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
-from eval.run import held_out_pairs
-from eval.stats import standard_error
-from pipeline.common import load_model, load_tokenizer
-from pipeline.config import load_recipe
-from pipeline.data import load_dialogs, split_eval
-from pipeline.errors import PipelineError
-from pipeline.generation import score_pairs
-from pipeline.hub import read_metadata
+from minichatgpt.data.splits import load_dialogs, split_eval
+from minichatgpt.errors import PipelineError
+from minichatgpt.evaluation.policies import held_out_pairs
+from minichatgpt.evaluation.stats import standard_error
+from minichatgpt.generation import score_pairs
+from minichatgpt.hub import read_metadata
+from minichatgpt.model.loading import load_model, load_tokenizer
+from minichatgpt.recipe import load_recipe
 
 from stage_variants import paired, train_variants
 

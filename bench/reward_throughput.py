@@ -17,10 +17,10 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import RewardConfig, RewardTrainer
 from trl.trainer.reward_trainer import DataCollatorForPreference
 
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.preferences import preference_splits
-from pipeline.reward import with_lengths
+from minichatgpt.data.preferences import preference_splits
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
+from minichatgpt.training.reward_model import with_lengths
 
 
 class CountingCollator(DataCollatorForPreference):
@@ -60,7 +60,7 @@ def bench(model_path, pairs, sampler, steps, warmup, batch, learning_rate, tmp_d
                         learning_rate=learning_rate, train_sampling_strategy=sampler, remove_unused_columns=False,
                         max_length=model.config.max_position_embeddings, logging_steps=10**9, save_strategy="no",
                         report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(), seed=0,
-                        activation_checkpointing=False)  # as the reward stage (pipeline/common.py)
+                        activation_checkpointing=False)  # as the reward stage (minichatgpt/training/defaults.py)
     collator = CountingCollator(pad_token_id=tokenizer.pad_token_id)
     timer = TokenCountingTimer(warmup, collator)
     RewardTrainer(model=model, args=args, train_dataset=pairs, processing_class=tokenizer, data_collator=collator,

@@ -30,14 +30,15 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
 
-from eval.metrics import load_metric
-from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
-from pipeline.common import load_model, load_tokenizer, trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.data import dialog_splits, sample_pairs
-from pipeline.errors import PipelineError
-from pipeline.generation import ended, generate_reply_ids, scored_replies
-from pipeline.labeler import recipe_labeler
+from minichatgpt.data.splits import dialog_splits, sample_pairs
+from minichatgpt.errors import PipelineError
+from minichatgpt.evaluation.metrics import load_metric
+from minichatgpt.evaluation.relevance import next_reply_recall, ranking_rows, reply_specificity
+from minichatgpt.feedback.labeler import recipe_labeler
+from minichatgpt.generation import ended, generate_reply_ids, scored_replies
+from minichatgpt.model.loading import load_model, load_tokenizer
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
 
 from stage_variants import run_stage_script, variant_recipe
 

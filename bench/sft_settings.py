@@ -21,13 +21,14 @@ from pathlib import Path
 
 from transformers import AutoModelForCausalLM, set_seed
 
-from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
-from eval.run import decoded_reply_ids, perplexity_row
-from pipeline.common import load_model, load_tokenizer, trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.data import dialog_splits, sample_pairs
-from pipeline.errors import PipelineError
-from pipeline.generation import reply_texts
+from minichatgpt.data.splits import dialog_splits, sample_pairs
+from minichatgpt.errors import PipelineError
+from minichatgpt.evaluation.policies import decoded_reply_ids, perplexity_row
+from minichatgpt.evaluation.relevance import next_reply_recall, ranking_rows, reply_specificity
+from minichatgpt.generation import reply_texts
+from minichatgpt.model.loading import load_model, load_tokenizer
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
 
 from stage_variants import paired, train_variants
 

@@ -7,7 +7,7 @@ recipe's own.
     python bench/speedrun.py --config recipes/quickstart.yaml [--minutes 5 10]
 
 Both budget runs train the recipe's model on the recipe's pretraining text (its held-out split for the loss) with the
-stage's own code (pipeline/pretrain.py, pipeline/optimizers.py); the learning-rate schedule of each is sized to the
+stage's own code (pipeline/pretrain.py, minichatgpt/model/optimizers.py); the learning-rate schedule of each is sized to the
 last budget from that setting's measured step time, and the held-out loss is read when each budget is reached
 (training time only, evaluation not counted). The stage's tokens/s in each precision are timed over 20 steps in
 `--rounds` alternated fp32 and bf16 runs, as one such ratio moves by ±5% on a shared 2-core machine: the speedup is
@@ -27,11 +27,15 @@ import torch
 import transformers
 from transformers import Trainer, TrainerCallback, default_data_collator, set_seed
 
-from pipeline.common import load_tokenizer, use_cpu_cores
-from pipeline.config import load_recipe
-from pipeline.data import text_splits
-from pipeline.optimizers import build_optimizer
-from pipeline.pretrain import build_model, flops_per_token, pack_blocks, stage_defaults
+from minichatgpt.console import use_cpu_cores
+from minichatgpt.data.splits import text_splits
+from minichatgpt.data.tokenized import pack_blocks
+from minichatgpt.model.gpt2 import build_model
+from minichatgpt.model.loading import load_tokenizer
+from minichatgpt.model.optimizers import build_optimizer
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import pretrain_defaults
+from minichatgpt.training.throughput import flops_per_token
 
 # The quickstart's pretraining before bf16 autocast on CPUs and Muon: fp32, AdamW, cosine from a 30-step warm-up.
 OLD_SETTINGS = ("--bf16 false --optimizer adamw --lr_scheduler_type cosine --lr_scheduler_kwargs {} "
@@ -106,7 +110,7 @@ class Budget(TrainerCallback):
 def train(recipe, overrides: list[str], blocks, eval_blocks, tokenizer, output_dir: str, marks: list[float],
           max_steps: int, skip_steps: int) -> Budget:
     (shape,) = recipe.parse("model")
-    _, stage_args, args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
+    _, stage_args, args = recipe.parse_stage("pretrain", overrides, defaults=pretrain_defaults())
     args.output_dir, args.max_steps, args.save_strategy, args.eval_strategy = output_dir, max_steps, "no", "no"
     args.report_to, args.disable_tqdm, args.logging_steps = [], True, 10**9
     set_seed(args.seed)
@@ -123,7 +127,7 @@ def train(recipe, overrides: list[str], blocks, eval_blocks, tokenizer, output_d
 def sized_decay(recipe, overrides: list[str], max_steps: int, recipe_max_steps: int) -> list[str]:
     """A warmup-stable-decay schedule's decay steps as the same share of `max_steps` as of the recipe's
     `recipe_max_steps`."""
-    _, _, args = recipe.parse_stage("pretrain", overrides, defaults=stage_defaults())
+    _, _, args = recipe.parse_stage("pretrain", overrides, defaults=pretrain_defaults())
     decay_steps = (args.lr_scheduler_kwargs or {}).get("num_decay_steps")
     if args.lr_scheduler_type != "warmup_stable_decay" or not decay_steps:
         return []
@@ -152,7 +156,7 @@ def main():
     use_cpu_cores()
     recipe = load_recipe(args.config)
     (shape,) = recipe.parse("model")
-    data_args, stage_args, training_args = recipe.parse_stage("pretrain", [], defaults=stage_defaults())
+    data_args, stage_args, training_args = recipe.parse_stage("pretrain", [], defaults=pretrain_defaults())
     tokenizer = load_tokenizer(recipe.hub_path("tokenizer"))
     train_text, eval_text = text_splits(data_args)
     blocks = pack_blocks(train_text, tokenizer, shape.n_positions, None)

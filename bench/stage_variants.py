@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from eval.stats import standard_error
-from pipeline.errors import PipelineError
+from minichatgpt.errors import PipelineError
+from minichatgpt.evaluation.stats import standard_error
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ both replies (reply_a, reply_b) but makes no training pair: neither reply is kno
 The labeling page loads no model: it shows the prompts of a comparisons file (the reward stage's replies sampled from
 the SFT model) one at a time, the replies shuffled and unnamed, without the AI labeler's scores; the person ranks them
 (ties allowed) or, with --label_mode score, scores them 1-5, or skips the prompt, and each judgement is appended to
---labels (pipeline/labels.py has its format). Prompts with a line there already are not shown again, so a restarted
+--labels (minichatgpt/feedback/labels.py has its format). Prompts with a line there already are not shown again, so a restarted
 page goes on where it stopped.
 """
 
@@ -29,22 +29,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, HfArgumentParser, TextIteratorStreamer, set_seed
+from transformers import HfArgumentParser, TextIteratorStreamer, set_seed
 
-from pipeline.chat import (
-    DECODING_FIELDS,
-    STRATEGIES,
-    STREAMED_STRATEGIES,
-    Chat,
-    check_decoding,
-    decoding_config,
-    reply,
-)
-from pipeline.common import load_model, load_tokenizer, revision_folder
-from pipeline.comparisons import read_comparisons
-from pipeline.errors import PipelineError
-from pipeline.hub import list_hub, read_metadata
-from pipeline.labels import (
+from minichatgpt.chat import DECODING_FIELDS, STREAMED_STRATEGIES, Chat, check_decoding, decoding_config, reply
+from minichatgpt.errors import PipelineError
+from minichatgpt.feedback.comparisons import read_comparisons
+from minichatgpt.feedback.labels import (
     LABEL_MODES,
     SCORES,
     append_label,
@@ -55,7 +45,9 @@ from pipeline.labels import (
     read_labels,
     skipped_row,
 )
-from pipeline.votes import VOTES, append_vote, read_votes, tally_table, vote_row
+from minichatgpt.feedback.votes import VOTES, append_vote, read_votes, tally_table, vote_row
+from minichatgpt.generation import STRATEGIES
+from minichatgpt.serving import load_chat_model, served_folder
 
 # Beam search (and reranking strategies) pick the reply among several at the end, so there is nothing to stream.
 # Decoding settings shown as sliders: (label, minimum, maximum, step); max_new_tokens goes up to the context.
@@ -96,41 +88,6 @@ class AppArguments:
     strategy: str = field(default="sample", metadata={"help": "Initial decoding strategy.", "choices": STRATEGIES})
     seed: int = field(default=0, metadata={"help": "Seed for sampling and for drawing arena pairs."})
     debug: bool = field(default=False, metadata={"help": "Show full tracebacks."})
-
-
-# Models kept loaded, each shared by every session (generation does not change them): enough for an arena of a run's
-# policies, bounded so that loading one model after another does not hold them all.
-LOADED_MODELS = 8
-
-
-def load_chat_model(folder: str | os.PathLike):
-    """The chat model and tokenizer of `folder`'s revision now; every spelling of a folder is one cache entry."""
-    return _load_revision(str(revision_folder(folder)))
-
-
-def served_folder(text: str, hub_dir: str | os.PathLike, named: list[str]) -> Path:
-    """The model folder a browser asks for, if the page serves it: a model of the hub folder (by its name, or as
-    hub_dir/name) or a folder named on the command line. Anything else gets one message that names what is served
-    and tells nothing of the server's disk."""
-    choices = {os.path.normpath(folder): Path(folder) for folder in named}
-    for row in list_hub(hub_dir) if Path(hub_dir).is_dir() else ():
-        folder = Path(hub_dir) / row["name"]
-        choices[row["name"]] = choices[os.path.normpath(folder)] = folder
-    wanted = text.strip()
-    if not wanted or os.path.normpath(wanted) not in choices:
-        served = sorted({str(folder) for folder in choices.values()})
-        raise PipelineError(f"'{wanted}' is not a model this page serves; load one of: {', '.join(served)}")
-    return choices[os.path.normpath(wanted)]
-
-
-@functools.lru_cache(maxsize=LOADED_MODELS)
-def _load_revision(folder: str):
-    tokenizer = load_tokenizer(folder, "model's tokenizer")
-    stage = read_metadata(folder).get("stage")
-    if stage in ("pretrain", "reward") or not tokenizer.chat_template:
-        raise PipelineError(f"{folder}: not a chat model (stage {stage or 'unknown'}, chat template "
-                            f"{'present' if tokenizer.chat_template else 'missing'}); use an -sft or -ppo model")
-    return load_model(folder, AutoModelForCausalLM, "model", tokenizer=tokenizer).eval(), tokenizer
 
 
 def new_chat(folder: str, system: str, strategy: str, settings: dict, history: list[dict]) -> Chat:

@@ -18,10 +18,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.common import stale_checkpoints, trainer_defaults
-from pipeline.config import STAGES, load_recipe
-from pipeline.errors import PipelineError
-from pipeline.hub import format_metrics, read_metadata
+from minichatgpt.errors import PipelineError
+from minichatgpt.hub import format_metrics, read_metadata
+from minichatgpt.recipe import STAGES, load_recipe
+from minichatgpt.training.checkpoints import stale_checkpoints
+from minichatgpt.training.defaults import trainer_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {
@@ -38,7 +39,7 @@ KEY_METRIC = {
     "pretrain": "eval_perplexity",
     "sft": "eval_reply_perplexity",
     "reward": "eval_accuracy",
-    "ppo": "gold_win_rate",
+    "ppo": "ppo_gold_win_rate",
     "dpo": "eval_preference_accuracy",
 }
 TRAINING_STAGES = ("pretrain", "sft", "reward", "ppo", "dpo")
@@ -59,17 +60,7 @@ def main():
     parser.add_argument("--force", choices=STAGES + ("eval",), help="redo this stage and every stage after it")
     parser.add_argument("--skip_eval", action="store_true", help="stop before the evaluation")
     args = parser.parse_args()
-    try:
-        recipe = load_recipe(args.config)
-        for section in recipe.sections:
-            recipe.parse(section, defaults=trainer_defaults() if section in TRAINING_STAGES else None)
-        accelerate_config = Path(recipe.run.accelerate_config)
-        if not accelerate_config.is_file():
-            raise PipelineError(f"{recipe.path}: accelerate_config '{accelerate_config}' not found")
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
+    recipe, accelerate_config = checked_recipe(args.config)
     stages = recipe.stages + (() if args.skip_eval else ("eval",))
     if args.force and args.force not in stages:
         print(f"error: --force {args.force}: {recipe.path} has no '{args.force}' section, so that stage does not run",
@@ -120,12 +111,32 @@ def main():
         upstream_changed = True
         metric = read_metadata(hub_folder).get("metrics", {}).get(KEY_METRIC.get(stage)) if stage != "eval" else None
         summary.append((stage, hub_folder, metric, seconds, "ran"))
+    print_closing(recipe, stages, summary, time.time() - total_start)
 
+
+def checked_recipe(path: str):
+    """The recipe with every section parsed (a typo anywhere stops the run before the first stage), and its
+    accelerate config; a bad one ends the run with one line and exit status 2."""
+    try:
+        recipe = load_recipe(path)
+        for section in recipe.sections:
+            recipe.parse(section, defaults=trainer_defaults() if section in TRAINING_STAGES else None)
+        accelerate_config = Path(recipe.run.accelerate_config)
+        if not accelerate_config.is_file():
+            raise PipelineError(f"{recipe.path}: accelerate_config '{accelerate_config}' not found")
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return recipe, accelerate_config
+
+
+def print_closing(recipe, stages, summary: list[tuple], seconds_in_all: float):
+    """Each stage's result, key metric and time; the seed's example from the report; how to chat."""
     print(f"\n{'stage':10} {'result':36} {'key metric':28} {'time':>7}")
     for stage, folder, metric, seconds, how in summary:
         key = format_metrics({KEY_METRIC[stage]: metric}) if metric is not None else "-"
         print(f"{stage:10} {str(folder):36} {key:28} {seconds:6.0f}s {'' if how == 'ran' else '(skipped)'}")
-    print(f"total {time.time() - total_start:.0f}s")
+    print(f"total {seconds_in_all:.0f}s")
     report = Path(recipe.output_dir("eval")) / "report.json"
     if "eval" in stages and report.is_file():
         example = json.loads(report.read_text(encoding="utf-8"))["seed_example"]

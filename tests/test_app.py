@@ -18,12 +18,12 @@ from conftest import ROOT, run_cli, write_jsonl
 from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.app import LOADED_MODELS, _load_revision, load_chat_model, served_folder
-from pipeline.arguments import DataArguments
-from pipeline.chat import Chat, decoding_config
-from pipeline.comparisons import read_comparisons
-from pipeline.errors import PipelineError
-from pipeline.labels import (
+from minichatgpt.arguments import DataArguments
+from minichatgpt.chat import Chat, decoding_config
+from minichatgpt.data.preferences import load_preferences, preference_splits
+from minichatgpt.errors import PipelineError
+from minichatgpt.feedback.comparisons import read_comparisons
+from minichatgpt.feedback.labels import (
     append_label,
     display_order,
     judgement_row,
@@ -32,8 +32,8 @@ from pipeline.labels import (
     read_labels,
     skipped_row,
 )
-from pipeline.preferences import load_preferences, preference_splits
-from pipeline.votes import append_vote, read_votes, tally_table, vote_row
+from minichatgpt.feedback.votes import append_vote, read_votes, tally_table, vote_row
+from minichatgpt.serving import LOADED_MODELS, _load_revision, load_chat_model, served_folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,9 +13,9 @@ from conftest import ROOT, run_cli
 from test_errors import assert_one_line_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval.metrics import load_metric
-from pipeline.chat import Chat, decode, decoding_config, reply
-from pipeline.generation import generate_replies
+from minichatgpt.chat import Chat, decode, decoding_config, reply
+from minichatgpt.evaluation.metrics import load_metric
+from minichatgpt.generation import generate_replies
 
 PROMPTS = ["how are you ?", "what do you do for fun ?", "do you like movies ?", "where are you from ?",
            "i just got back from work", "what is your favorite food ?"]

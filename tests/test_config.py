@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import SECTIONS, load_recipe
-from pipeline.errors import PipelineError
+from minichatgpt.errors import PipelineError
+from minichatgpt.recipe import SECTIONS, load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

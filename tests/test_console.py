@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAINING_SECTIONS = ("pretrain", "sft", "reward", "ppo", "dpo")
@@ -26,7 +26,7 @@ def test_training_arguments_raise_no_future_warning(section):
 
 @pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
 def test_group_trainer_arguments_raise_no_future_warning(algorithm):
-    from pipeline.ppo import group_config
+    from minichatgpt.training.rl import group_config
 
     recipe = load_recipe(ROOT / "recipes" / "smoke.yaml")
     with warnings.catch_warnings():

@@ -1,25 +1,44 @@
 import json
 
 import pytest
-from conftest import CORNELL, WIKITEXT, most_lines_missing, write_cornell, write_jsonl
+from conftest import (
+    CORNELL,
+    CORNELL_MINI,
+    WIKITEXT,
+    WIKITEXT_MINI,
+    most_lines_missing,
+    shared_corpus,
+    write_cornell,
+    write_jsonl,
+)
 
-from pipeline.arguments import DataArguments
-from pipeline.data import conversation_windows, load_dialogs, load_text, prompt_reply_pairs, split_eval
-from pipeline.errors import PipelineError
-from pipeline.files import read_text_file
-from pipeline.hub import read_metadata
-from pipeline.sources import CORNELL_SEPARATOR, BadRows, conversation_text, cornell_conversations, wikitext_articles
+from minichatgpt.arguments import DataArguments
+from minichatgpt.data.files import read_text_file
+from minichatgpt.data.sources import (
+    CORNELL_SEPARATOR,
+    BadRows,
+    conversation_text,
+    cornell_conversations,
+    wikitext_articles,
+)
+from minichatgpt.data.splits import conversation_windows, load_dialogs, load_text, prompt_reply_pairs, split_eval
+from minichatgpt.errors import PipelineError
+from minichatgpt.hub import read_metadata
 
 
 def data_args(**kwargs):
     return DataArguments(**kwargs)
 
 
-def test_wikitext_articles_split_at_titles_and_keep_tokens():
-    articles = wikitext_articles(read_text_file(WIKITEXT))
-    assert articles[0].startswith("= Robert Boulter =")
+@pytest.mark.parametrize("corpus, first_title, at_least", [
+    ("repository", "= Harbour Lighthouse =", 3),
+    ("shared", "= Robert Boulter =", 40),
+])
+def test_wikitext_articles_split_at_titles_and_keep_tokens(corpus, first_title, at_least):
+    articles = wikitext_articles(read_text_file(WIKITEXT_MINI if corpus == "repository" else shared_corpus(WIKITEXT)))
+    assert articles[0].startswith(first_title)
     assert all(a.startswith("= ") and not a.startswith("= =") for a in articles)
-    assert len(articles) > 40
+    assert len(articles) >= at_least
     assert any("@-@" in a for a in articles), "WikiText tokens like @-@ are kept as they are"
     assert "\r" not in articles[0]
 
@@ -27,7 +46,7 @@ def test_wikitext_articles_split_at_titles_and_keep_tokens():
 def test_text_sources_mix_and_split_is_seeded(tmp_path):
     (tmp_path / "a.txt").write_text("first paragraph\n\nsecond paragraph\n", encoding="utf-8")
     write_jsonl(tmp_path / "b.jsonl", [{"text": "from json"}, {"text": "another"}])
-    args = data_args(text_sources=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"), f"wikitext:{WIKITEXT}"],
+    args = data_args(text_sources=[str(tmp_path / "a.txt"), str(tmp_path / "b.jsonl"), f"wikitext:{WIKITEXT_MINI}"],
                      eval_fraction=0.1)
     dataset = load_text(args)
     assert dataset["text"][:4] == ["first paragraph", "second paragraph", "from json", "another"]
@@ -77,16 +96,21 @@ def test_chitchat_is_validated_like_every_source_and_counts_what_it_drops():
         assert all(a != b for a, b in zip(roles, roles[1:]))
 
 
-def test_cornell_sample_loads_in_original_format():
+@pytest.mark.parametrize("corpus, conversations, read_dropped, dialogs_dropped", [
+    ("repository", 32, {}, {}),
+    ("shared", 201, {"empty lines": 1}, {"empty lines": 1, "conversations without a reply": 1}),
+])
+def test_cornell_sample_loads_in_original_format(corpus, conversations, read_dropped, dialogs_dropped):
+    folder = CORNELL_MINI if corpus == "repository" else shared_corpus(CORNELL)
     bad = BadRows("cornell")
-    conversations = cornell_conversations(CORNELL, bad)
-    assert len(conversations) == 201 and not bad.problems
-    assert conversations[0][0]["role"] == "user" and conversations[0][1]["role"] == "assistant"
-    assert bad.dropped == {"empty lines": 1}
+    read = cornell_conversations(folder, bad)
+    assert len(read) == conversations and not bad.problems
+    assert read[0][0]["role"] == "user" and read[0][1]["role"] == "assistant"
+    assert bad.dropped == read_dropped
     reports = []
-    dialogs = load_dialogs(data_args(dialog_sources=[f"cornell:{CORNELL}"]), reports)
-    assert len(dialogs) == 200
-    assert reports[0].dropped == {"empty lines": 1, "conversations without a reply": 1}, "its only reply is empty"
+    dialogs = load_dialogs(data_args(dialog_sources=[f"cornell:{folder}"]), reports)
+    assert len(dialogs) == conversations - sum(v for k, v in dialogs_dropped.items() if k.startswith("conversations"))
+    assert reports[0].dropped == dialogs_dropped, "the shared sample's only reply of one conversation is empty"
 
 
 UTF8_LINES = [("L1", "u0", "Привет! Как дела?"), ("L2", "u1", "元気です。ありがとう…"),
@@ -257,8 +281,8 @@ def test_conversation_windows_fit_a_token_budget_and_leave_out_an_exchange_too_l
 
 
 def test_sft_windows_fit_the_context_once_rendered():
-    from pipeline.sft import windows
-    from tokenizer.train import train_tokenizer
+    from minichatgpt.data.tokenized import windows
+    from minichatgpt.model.tokenizer import train_tokenizer
 
     dialogs = load_dialogs(data_args(dialog_sources=["chitchat"], max_documents_per_source=60))
     turns = sum(len(m) for m in dialogs["messages"])
@@ -297,8 +321,8 @@ def test_hub_sources_fail_with_one_line_when_offline():
 def test_text_longer_than_the_context_is_packed_not_refused():
     from datasets import Dataset
 
-    from pipeline.pretrain import pack_blocks
-    from tokenizer.train import train_tokenizer
+    from minichatgpt.data.tokenized import pack_blocks
+    from minichatgpt.model.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(["a few words of text"] * 20, vocab_size=300, min_frequency=1)
     long_document = " ".join(f"word{i}" for i in range(400))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
-from pipeline.config import load_recipe
+from minichatgpt import recipe as config
+from minichatgpt.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "recipes" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 INLINE_CODE = re.compile(r"`[^`\n]*`")

@@ -76,7 +76,7 @@ def test_run_adds_dpo_for_a_recipe_with_its_section_and_the_evaluation_compares_
     report = json.loads((tmp_path / "runs" / "chain" / "eval" / "report.json").read_text())
     assert set(report["sft_vs_dpo"]) == set(report["sft_vs_ppo"]) == {"greedy", "beam", "sample", "mmi"}
     for row in report["sft_vs_dpo"].values():
-        assert 0 <= row["dpo_win_rate"] <= 1 and "sft_specificity" in row and "specificity_gain_se" in row
+        assert 0 <= row["win_rate"] <= 1 and "specificity" in row["sft"] and "specificity_gain_se" in row
     assert {"sft", "ppo", "dpo"} <= set(report["next_reply_ranking"]) and "dpo" in report["perplexity"]
     markdown = (tmp_path / "runs" / "chain" / "eval" / "report.md").read_text()
     assert "## DPO vs SFT" in markdown and "| greedy | DPO |" in markdown, "the labeler judges DPO too"

@@ -8,8 +8,8 @@ import torch
 from conftest import most_lines_missing, run_cli, seed_hub, write_cornell, write_recipe
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pipeline.files import read_records
-from tokenizer.train import train_tokenizer
+from minichatgpt.data.files import read_records
+from minichatgpt.model.tokenizer import train_tokenizer
 
 
 def assert_one_line_error(result, *fragments):

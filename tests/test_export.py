@@ -1,18 +1,17 @@
 """GGUF export: the file loads back with transformers' GGUF reader as the same model and the same tokenizer."""
 
-import sys
-
 import gguf
 import pytest
 import torch
+from conftest import run_cli
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-import pipeline.export
-from pipeline.errors import PipelineError
-from pipeline.export import export, main
-from pipeline.generation import chat_generation_config
-from pipeline.hub import push
-from tokenizer.train import train_tokenizer
+import minichatgpt.gguf
+from minichatgpt.errors import PipelineError
+from minichatgpt.generation import chat_generation_config
+from minichatgpt.gguf import export
+from minichatgpt.hub import push
+from minichatgpt.model.tokenizer import train_tokenizer
 
 TEXTS = ["hello world, how are you today?", "i am fine, thanks. and you?", "what do you like to do on weekends?",
          "i like to read books and watch movies.", "café, naïve, 日本語 and 🤖 are bytes too."]
@@ -121,19 +120,16 @@ def test_a_base_model_exports_without_chat_template_and_continues_plain_text(tmp
     assert 'TEMPLATE """{{ .Prompt }}"""' in modelfile.read_text().splitlines()
 
 
-def test_the_command_writes_both_files(chat_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["export", str(chat_folder), "--gguf", str(tmp_path / "tiny.gguf")])
-    main()
-    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'tiny.gguf'} (")
+def test_the_command_writes_both_files(chat_folder, tmp_path):
+    result = run_cli(["pipeline/export.py", chat_folder, "--gguf", tmp_path / "tiny.gguf"], check=True)
+    assert result.stdout.startswith(f"wrote {tmp_path / 'tiny.gguf'} (")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Modelfile", "tiny.gguf"]
 
 
-def test_bad_input_is_one_error_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sys, "argv", ["export", str(tmp_path / "missing"), "--gguf", str(tmp_path / "x.gguf")])
-    with pytest.raises(SystemExit) as exit_status:
-        main()
-    assert exit_status.value.code == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'}: model not found; run the stage that makes it " \
+def test_bad_input_is_one_error_line_and_exit_2(tmp_path):
+    result = run_cli(["pipeline/export.py", tmp_path / "missing", "--gguf", tmp_path / "x.gguf"])
+    assert result.returncode == 2
+    assert result.stderr == f"error: {tmp_path / 'missing'}: model not found; run the stage that makes it " \
                                       "first (or fix the path)\n"
 
 
@@ -172,7 +168,7 @@ def test_a_failed_export_keeps_the_previous_files_and_leaves_no_temporary(chat_f
         path.write_bytes(b"GGUF half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pipeline.export, "write_gguf", disk_full)
+    monkeypatch.setattr(minichatgpt.gguf, "write_gguf", disk_full)
     with pytest.raises(PipelineError, match="cannot write the export \\(No space left on device\\)"):
         export(chat_folder, gguf_file)
     assert (gguf_file.read_bytes(), modelfile.read_text()) == before

@@ -3,8 +3,10 @@ samples of held-out prompts spread over the conversations."""
 
 import json
 
-from pipeline.arguments import DataArguments
-from pipeline.data import (
+from minichatgpt.arguments import DataArguments
+from minichatgpt.data.preferences import preference_splits
+from minichatgpt.data.sources import conversation_text
+from minichatgpt.data.splits import (
     dialog_splits,
     held_out_draw,
     held_out_mask,
@@ -13,9 +15,7 @@ from pipeline.data import (
     sample_pairs,
     text_splits,
 )
-from pipeline.ppo import prompt_conversations
-from pipeline.preferences import preference_splits
-from pipeline.sources import conversation_text
+from minichatgpt.training.rl import prompt_conversations
 
 
 def conversation(i: int, turns: int = 6, prefix: str = "c") -> list[dict]:
@@ -152,7 +152,7 @@ def test_samples_of_prompts_spread_over_the_conversations():
 def test_rl_and_ranking_prompts_spread_over_the_conversations():
     from datasets import Dataset
 
-    from eval.relevance import ranking_rows
+    from minichatgpt.evaluation.relevance import ranking_rows
 
     conversations = [conversation(i, turns=20) for i in range(40)]
     prompts = prompt_conversations(Dataset.from_dict({"messages": conversations}), 3, 32, seed=0)
@@ -166,5 +166,5 @@ def test_the_report_samples_prompts_over_the_held_out_conversations(smoke_run):
     held = report["held_out"]
     assert held["prompt_conversations"] >= min(held["prompts"], 0.8 * held["conversations"])
     for row in report["sft_vs_ppo"].values():
-        assert "specificity_gain_se" in row and "ppo_win_rate_se" in row and "sft_specificity_se" in row
+        assert "specificity_gain_se" in row and "win_rate_se" in row and "specificity_se" in row["sft"]
     assert report["reward_model"]["pairs"] > 0 and "accuracy_se" in report["reward_model"]

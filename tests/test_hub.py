@@ -8,10 +8,9 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-import pipeline.hub
-from pipeline.common import load_model, require_model_folder, revision_folder
-from pipeline.errors import PipelineError
-from pipeline.hub import (
+import minichatgpt.hub
+from minichatgpt.errors import PipelineError
+from minichatgpt.hub import (
     METADATA_FILE,
     REVISIONS_DIR,
     add_evaluation,
@@ -22,6 +21,7 @@ from pipeline.hub import (
     list_hub,
     push,
 )
+from minichatgpt.model.loading import load_model, require_model_folder, revision_folder
 
 
 def tiny_model(seed=0, vocab_size=64):
@@ -80,7 +80,7 @@ def test_failed_write_leaves_previous_version_and_no_staging(tmp_path):
 
 KILLED_PUSH = textwrap.dedent("""
     import os, shutil, signal, sys
-    from pipeline import hub
+    from minichatgpt import hub
 
     point, hub_dir, source = sys.argv[1:]
     real_replace, real_rmtree = os.replace, shutil.rmtree
@@ -181,7 +181,7 @@ def test_two_pushes_in_the_same_instant_get_different_revisions(tmp_path, monkey
     push_model(tmp_path, "run-base", tiny_model(0))
     push_model(tmp_path, "run-base", tiny_model(1))
     assert len(revisions(tmp_path, "run-base")) == 2, "microseconds tell pushes within one second apart"
-    monkeypatch.setattr(pipeline.hub, "_revision_stamp", lambda: "29991231-235959-999999")
+    monkeypatch.setattr(minichatgpt.hub, "_revision_stamp", lambda: "29991231-235959-999999")
     push_model(tmp_path, "run-base", tiny_model(2))
     push_model(tmp_path, "run-base", tiny_model(3))
     *_, first, second = revisions(tmp_path, "run-base")
@@ -253,7 +253,7 @@ def test_hub_listing_measures_the_linked_revision(tmp_path):
 
 def test_hub_listing_cli(tmp_path):
     push_model(tmp_path, "run-base", tiny_model(0), {"eval_perplexity": 12.5})
-    out = subprocess.run([sys.executable, "-m", "pipeline.hub", "list", "--hub_dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "-m", "minichatgpt.hub", "list", "--hub_dir", str(tmp_path)],
                          capture_output=True, text=True, check=True).stdout
     assert "run-base" in out and "eval_perplexity=12.5" in out
 

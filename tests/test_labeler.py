@@ -1,5 +1,5 @@
-"""The labeler (pipeline/labeler.py) on models built from config, its rules, and the comparisons it makes of a chat
-model's replies (pipeline/comparisons.py)."""
+"""The labeler (minichatgpt/feedback/labeler.py) on models built from config, its rules, and the comparisons it makes of a chat
+model's replies (minichatgpt/feedback/comparisons.py)."""
 
 import json
 import zipfile
@@ -7,9 +7,9 @@ import zipfile
 import pytest
 from conftest import tiny_labelers
 
-from pipeline.comparisons import agreement_report, comparison_pairs, read_comparisons, write_rows
-from pipeline.errors import PipelineError
-from pipeline.labeler import (
+from minichatgpt.errors import PipelineError
+from minichatgpt.feedback.comparisons import agreement_report, comparison_pairs, read_comparisons, write_rows
+from minichatgpt.feedback.labeler import (
     BROKEN_REPLY,
     CUT_OFF_PENALTY,
     EmbeddingLabeler,

@@ -5,7 +5,7 @@ import math
 import evaluate
 import pytest
 
-from eval.metrics import metric_path
+from minichatgpt.evaluation.metrics import metric_path
 
 
 def load(name):
@@ -40,7 +40,7 @@ def test_win_rate_and_pairwise_accuracy():
 def test_perplexity_of_a_real_tiny_model(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tokenizer.train import train_tokenizer
+    from minichatgpt.model.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer(["hello world, how are you today?"] * 50, vocab_size=300, min_frequency=1)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=320, n_positions=32, n_embd=16, n_layer=1, n_head=2))

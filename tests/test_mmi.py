@@ -5,8 +5,8 @@ import pytest
 import torch
 from conftest import run_cli
 
-from pipeline.chat import decoding_config, mmi_rerank
-from pipeline.generation import MMI_DEFAULTS, chat_generation_config, reply_log_likelihoods, reply_token_ids
+from minichatgpt.chat import decoding_config, mmi_rerank
+from minichatgpt.generation import MMI_DEFAULTS, chat_generation_config, reply_log_likelihoods, reply_token_ids
 
 DIALOGS = [
     ("what color is the sky ?", "blue , and the clouds are white"),
@@ -24,7 +24,7 @@ def generic_model():
     the empty prompt answered by every reply as often as it occurs, so p(reply | empty prompt) is the reply's prior."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tokenizer.train import train_tokenizer
+    from minichatgpt.model.tokenizer import train_tokenizer
 
     tokenizer = train_tokenizer([f"{p} {r} {GENERIC}" for p, r in DIALOGS] * 20, vocab_size=400, min_frequency=1)
     conversations = [(p, r) for p, r in DIALOGS] + [(p, GENERIC) for p, _ in DIALOGS] * 2

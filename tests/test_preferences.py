@@ -6,10 +6,10 @@ import random
 import pytest
 from conftest import write_jsonl
 
-from pipeline.arguments import DataArguments
-from pipeline.data import load_dialogs
-from pipeline.errors import PipelineError
-from pipeline.preferences import build_preference_pairs, degrade, load_preferences
+from minichatgpt.arguments import DataArguments
+from minichatgpt.data.preferences import build_preference_pairs, degrade, load_preferences
+from minichatgpt.data.splits import load_dialogs
+from minichatgpt.errors import PipelineError
 
 
 def data_args(**kwargs):

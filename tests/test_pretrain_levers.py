@@ -13,12 +13,12 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from pipeline.arguments import PretrainArguments
-from pipeline.attention import padded_attention
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.cross_entropy import chunked_causal_lm_loss
-from pipeline.pretrain import build_model, trainer_speed_defaults
+from minichatgpt.arguments import PretrainArguments
+from minichatgpt.model.attention import padded_attention
+from minichatgpt.model.gpt2 import build_model
+from minichatgpt.model.loss import chunked_causal_lm_loss
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults, trainer_speed_defaults
 
 SHAPE = SimpleNamespace(n_layer=2, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
 PLAIN = PretrainArguments(attention="sdpa", loss_only_in_training=False, chunked_loss=False)
@@ -161,7 +161,7 @@ def test_the_loss_is_computed_in_chunks_by_default_exactly_without_an_accelerato
 @pytest.mark.parametrize("num_items_in_batch", [None, 700])
 def test_the_chunked_loss_is_transformers_causal_lm_loss(monkeypatch, dtype, num_items_in_batch):
     """More rows than one chunk holds, some targets ignored; the loss and its gradient as ForCausalLMLoss gives."""
-    monkeypatch.setattr("pipeline.cross_entropy.CHUNK_ELEMENTS", 64 * 1000)
+    monkeypatch.setattr("minichatgpt.model.loss.CHUNK_ELEMENTS", 64 * 1000)
     torch.manual_seed(0)
     logits = (3 * torch.randn(3, 300, 1000)).to(dtype)
     labels = torch.randint(0, 1000, (3, 300))

@@ -5,8 +5,8 @@ import evaluate
 import pytest
 import torch
 
-from eval.metrics import metric_path
-from eval.relevance import next_reply_recall, ranking_rows, reply_specificity
+from minichatgpt.evaluation.metrics import metric_path
+from minichatgpt.evaluation.relevance import next_reply_recall, ranking_rows, reply_specificity
 
 DIALOGS = [
     ("what color is the sky ?", "blue , and clouds are white"),
@@ -22,7 +22,7 @@ def memorising_model(tmp_path_factory):
     """A tiny chat model trained until it has learned which reply follows which prompt."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from tokenizer.train import train_tokenizer
+    from minichatgpt.model.tokenizer import train_tokenizer
 
     folder = tmp_path_factory.mktemp("memorising")
     tokenizer = train_tokenizer([f"{p} {r}" for p, r in DIALOGS] * 20, vocab_size=400, min_frequency=1)

@@ -8,8 +8,8 @@ import pytest
 from conftest import launch, run_cli, write_recipe
 from test_errors import assert_one_line_error
 
-from pipeline.common import CHECKPOINT_FINGERPRINT_FILE, checkpoint_folders, stale_checkpoints
-from pipeline.config import load_recipe
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.checkpoints import CHECKPOINT_FINGERPRINT_FILE, checkpoint_folders, stale_checkpoints
 
 PRETRAIN = {"max_steps": 4, "save_steps": 2}
 FINGERPRINT = json.dumps({"pretrain": {"max_steps": 4}})

@@ -11,11 +11,11 @@ from conftest import ROOT, launch, run_cli, seed_hub, write_recipe
 from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, pipeline
 from trl.experimental.utils import get_reward
 
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.errors import PipelineError
-from pipeline.guards import guard_flags
-from pipeline.rewards import CompositeReward, PPORewardModel, rloo_reward_funcs
+from minichatgpt.errors import PipelineError
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
+from minichatgpt.training.guards import guard_flags
+from minichatgpt.training.rl_reward import CompositeReward, PPORewardModel, rloo_reward_funcs
 
 TOPICS = ["apples", "trains", "music", "movies", "dogs", "coffee", "soccer", "books"]
 
@@ -265,4 +265,4 @@ def test_ppo_is_the_shipped_rl_algorithm_and_logs_the_labelers_gold_against_the_
     assert all(math.isfinite(row["gold"]) and math.isfinite(row["proxy"]) for row in history)
     assert history[0]["gold_gain"] == history[0]["proxy_gain"] == 0
     assert "## Gold and proxy" in card and (folder / "gold_proxy.png").stat().st_size > 1000
-    assert 0 <= meta["metrics"]["gold_win_rate"] <= 1
+    assert 0 <= meta["metrics"]["ppo_gold_win_rate"] <= 1

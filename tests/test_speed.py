@@ -11,11 +11,11 @@ from datasets import Dataset
 from safetensors import safe_open
 from transformers import Trainer, TrainerCallback, TrainingArguments, default_data_collator, pipeline
 
-from pipeline.arguments import PretrainArguments
-from pipeline.common import native_bf16, trainer_defaults
-from pipeline.config import load_recipe
-from pipeline.optimizers import Muon, MuonWithAdamW, hidden_matrices
-from pipeline.pretrain import build_model, stage_defaults
+from minichatgpt.arguments import PretrainArguments
+from minichatgpt.model.gpt2 import build_model
+from minichatgpt.model.optimizers import Muon, MuonWithAdamW, hidden_matrices
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import native_bf16, pretrain_defaults, trainer_defaults
 
 SHAPE = SimpleNamespace(n_layer=3, n_embd=32, n_head=2, n_positions=16, dropout=0.0)
 
@@ -44,7 +44,7 @@ def test_bf16_is_on_by_default_exactly_where_the_cpu_has_bf16_instructions():
 def test_precision_switch_forces_either_and_a_stage_key_or_flag_overrides_it(tmp_path, precision, section, cli,
                                                                               expected):
     recipe = load_recipe(write_recipe(tmp_path / "r.yaml", tmp_path, precision=precision, pretrain=section))
-    _, training_args = recipe.parse("pretrain", cli, defaults=stage_defaults())
+    _, training_args = recipe.parse("pretrain", cli, defaults=pretrain_defaults())
     assert training_args.bf16 is expected
 
 

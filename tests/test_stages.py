@@ -15,9 +15,9 @@ import torch
 from conftest import ROOT, launch, run_cli, seed_hub, tiny_labelers, write_recipe
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from pipeline.comparisons import comparison_pairs, read_comparisons
-from pipeline.generation import fit_history, render_prompts
-from pipeline.ppo import prompt_conversations
+from minichatgpt.feedback.comparisons import comparison_pairs, read_comparisons
+from minichatgpt.generation import fit_history, render_prompts
+from minichatgpt.training.rl import prompt_conversations
 
 
 def metrics(tmp_path, name):

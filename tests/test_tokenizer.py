@@ -2,11 +2,11 @@ import pytest
 from conftest import run_cli, write_recipe
 from transformers import AutoTokenizer
 
-from pipeline.arguments import DataArguments
-from pipeline.chat_format import SPECIAL_TOKENS, chat_text
-from pipeline.data import load_text
-from pipeline.sources import conversation_text
-from tokenizer.train import train_tokenizer
+from minichatgpt.arguments import DataArguments
+from minichatgpt.data.chat_format import SPECIAL_TOKENS, chat_text
+from minichatgpt.data.sources import conversation_text
+from minichatgpt.data.splits import load_text
+from minichatgpt.model.tokenizer import train_tokenizer
 
 CORPUS = ["hello there , how are you ?", "i am fine , thanks . and you ?", "the weather is nice today"] * 30
 

@@ -6,8 +6,8 @@ import math
 
 from conftest import launch, run_cli, write_recipe
 
-from pipeline.common import trainer_defaults
-from pipeline.config import load_recipe
+from minichatgpt.recipe import load_recipe
+from minichatgpt.training.defaults import trainer_defaults
 
 # trackio's own reader, in a fresh process: it fixes its folder (TRACKIO_DIR) when it is imported.
 READ_RUNS = """

@@ -6,7 +6,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipeline.hub import LIBRARIES, METADATA_FILE
+from minichatgpt.hub import LIBRARIES, METADATA_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from eval.stats import jackknife_standard_error
+from minichatgpt.evaluation.stats import jackknife_standard_error
 
 _DESCRIPTION = "Share of distinct n-grams among all n-grams of the predictions (whitespace tokens, lower-cased)."
 _KWARGS = """

@@ -5,8 +5,8 @@ import datasets
 import evaluate
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval.stats import standard_error
-from pipeline.generation import EMPTY_PROMPT, reply_log_likelihoods, reply_token_ids
+from minichatgpt.evaluation.stats import standard_error
+from minichatgpt.generation import EMPTY_PROMPT, reply_log_likelihoods, reply_token_ids
 
 _KWARGS = """
 Args:

@@ -7,7 +7,7 @@ import evaluate
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from eval.stats import jackknife_standard_error
+from minichatgpt.evaluation.stats import jackknife_standard_error
 
 _KWARGS = """
 Args:

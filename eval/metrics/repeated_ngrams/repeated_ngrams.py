@@ -3,7 +3,7 @@
 import datasets
 import evaluate
 
-from eval.stats import standard_error
+from minichatgpt.evaluation.stats import standard_error
 
 _DESCRIPTION = "Mean over replies of (n-grams repeating an earlier n-gram of the same reply) / (n-grams of the reply)."
 _KWARGS = """

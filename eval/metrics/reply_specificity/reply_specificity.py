@@ -7,7 +7,7 @@ import re
 import datasets
 import evaluate
 
-from eval.stats import standard_error
+from minichatgpt.evaluation.stats import standard_error
 
 _KWARGS = """
 Args:

@@ -1,1 +1,0 @@
-"""minichatgpt: the stages of building a small ChatGPT, one thin script each."""

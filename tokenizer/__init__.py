@@ -1,1 +1,0 @@
-"""Tokenizer stage: `python tokenizer/train.py --config <recipe>`."""
