@@ -55,6 +55,6 @@ def default_causal_attention(bf16: bool) -> str:
 
 def padded_attention(bf16: bool) -> str:
     """The attention of the stages that train on padded batches (SFT, reward, RL): transformers' eager attention for
-    bf16 on a CPU, where SDPA's CPU kernel with a padding mask was slower (SFT 1.2x, reward 1.4x the steps/s with
-    eager), SDPA elsewhere (on a CPU in fp32 the two ran within noise of each other)."""
+    bf16 on a CPU, where SDPA's CPU kernel with a padding mask was the slower (docs/results.md, "Attention on the
+    CPU"), SDPA elsewhere."""
     return "eager" if bf16 and not torch.accelerator.is_available() else "sdpa"
