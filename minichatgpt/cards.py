@@ -183,8 +183,8 @@ def publish(recipe, stage: str, overrides: list[str], save, *, metrics: dict, fa
     from) and a record of how it was made: the stage, `parent` (by default `base`'s name), the recipe, the data split,
     the metrics, `record` and the settings' fingerprint."""
     name = recipe.hub_name(stage)
-    body = TEMPLATES[stage].format(name=name, run_name=recipe.run_name,
-                                                 metrics_table=metrics_table(metrics), **facts)
+    body = TEMPLATES[stage].format(name=name, run_name=recipe.run_name, metrics_table=metrics_table(metrics),
+                                   **facts)
     parent = parent or (Path(base).name if base else None)
     target = push(recipe.run.hub_dir, name, save,
                   metadata={"stage": stage, "parent": parent, "recipe": str(recipe.path),

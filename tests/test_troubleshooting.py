@@ -15,7 +15,7 @@ from transformers import GenerationConfig, GPT2Config, GPT2ForSequenceClassifica
 from minichatgpt.arguments import DataArguments
 from minichatgpt.chat import set_setting
 from minichatgpt.console import run_stage
-from minichatgpt.data.splits import load_dialogs, load_text
+from minichatgpt.data.splits import load_dialogs, load_text, text_splits
 from minichatgpt.errors import PipelineError
 from minichatgpt.hub import check_name, check_writable, push
 from minichatgpt.model.loading import check_vocab, load_tokenizer, require_model_folder
@@ -128,8 +128,6 @@ def cornell_cut_short(tmp_path):
 
 def one_document(tmp_path):
     (tmp_path / "lines.txt").write_text("one line\nanother line\n", encoding="utf-8")
-    from minichatgpt.data.splits import text_splits
-
     text_splits(data(text_sources=[str(tmp_path / "lines.txt")]))
 
 

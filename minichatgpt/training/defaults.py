@@ -1,7 +1,5 @@
 """Training settings that depend on the machine (precision, CPU or accelerator) or on the model (context length)."""
 
-import torch
-
 from minichatgpt.data.chat_format import END_OF_TURN
 from minichatgpt.errors import PipelineError
 
@@ -74,6 +72,8 @@ def trainer_speed_defaults(cuda: bool) -> dict:
 
 def pretrain_defaults() -> dict:
     """The pretraining stage's TrainingArguments defaults, before the recipe's section and the command line."""
+    import torch
+
     return trainer_defaults(lr_scheduler_type="cosine", warmup_steps=0.05, save_total_limit=2, eval_strategy="steps",
                             logging_steps=10, **trainer_speed_defaults(torch.cuda.is_available()))
 
